@@ -1,0 +1,310 @@
+"""The Rasa input channel: Sparkcentral's Virtual Agent webhook (``SparkcentralInput``).
+
+webhook → verify signature → parse event → dedupe → UserMessage (channel details as
+metadata) → Rasa, per conversation in arrival order → ``SparkcentralOutput`` → REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set
+
+from rasa.core.channels.channel import InputChannel, UserMessage
+from rasa.shared.exceptions import RasaException
+from sanic import Blueprint, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from rasa_sparkcentral import buttons as button_list
+from rasa_sparkcentral.client import SparkcentralClient
+from rasa_sparkcentral.config import ConfigError, Settings
+from rasa_sparkcentral.output import CHANNEL_NAME, AnswerCollector, SparkcentralOutput
+from rasa_sparkcentral.protocol import (
+    ASSIGNMENT_EVENTS,
+    METADATA_KEY,
+    ChannelDetails,
+    Event,
+    ProtocolError,
+    parse_event,
+)
+from rasa_sparkcentral.replies import merge_answer
+from rasa_sparkcentral.signature import SIGNATURE_HEADER, verify
+from rasa_sparkcentral.state import ChannelState, make_state
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
+
+RESTART_TEXT = "/restart"
+#: How long a stopping server waits for conversations still being processed.
+SHUTDOWN_GRACE = 10.0
+
+
+class SparkcentralConfigError(RasaException):
+    """A setting in credentials.yml is missing or malformed."""
+
+
+class SparkcentralInput(InputChannel):
+    """Receives Sparkcentral's Virtual Agent webhook and hands messages to Rasa."""
+
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL_NAME
+
+    @classmethod
+    def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> SparkcentralInput:
+        if credentials is None:
+            cls.raise_missing_credentials_exception()
+        try:
+            settings = Settings.from_credentials(credentials)
+        except ConfigError as e:
+            raise SparkcentralConfigError(str(e)) from None
+        return cls(settings)
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: Optional[SparkcentralClient] = None,
+        state: Optional[ChannelState] = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client or (SparkcentralClient(settings) if settings.has_api_keys else None)
+        self.state = state or make_state(
+            settings.redis_url, max_size=settings.cache_size, dedup_ttl=settings.dedup_ttl
+        )
+        self._queues: Dict[str, Deque[Job]] = {}
+        self._tasks: Set[asyncio.Task[None]] = set()
+
+    # -- Rasa's InputChannel API --------------------------------------------------------
+
+    def get_output_channel(self) -> Optional[SparkcentralOutput]:
+        """For Rasa's ``trigger_intent`` API: replies go over REST."""
+        if self.client is None:
+            return None
+        return SparkcentralOutput(self.client, self.state, self.settings)
+
+    def get_metadata(self, request: Request) -> Optional[Dict[str, Any]]:
+        """The channel details of the event being handled (set by the webhook handler)."""
+        metadata = getattr(request.ctx, "sparkcentral_metadata", None)
+        return metadata if isinstance(metadata, dict) else None
+
+    def blueprint(self, on_new_message: OnNewMessage) -> Blueprint:
+        webhook = Blueprint("sparkcentral_webhook", __name__)
+
+        @webhook.route("/", methods=["GET"])
+        async def health(request: Request) -> HTTPResponse:
+            return response.json({"status": "ok", "channel": CHANNEL_NAME})
+
+        @webhook.route("/webhook", methods=["POST"])
+        async def receive(request: Request) -> HTTPResponse:
+            return await self.handle_webhook(request, on_new_message)
+
+        @webhook.listener("after_server_stop")
+        async def close(app: Any, loop: Any) -> None:
+            await self.aclose()
+
+        return webhook
+
+    # -- the webhook ------------------------------------------------------------------
+
+    async def handle_webhook(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
+        body = request.body or b""
+        if len(body) > self.settings.max_body_bytes:
+            logger.warning(
+                "Rejected a webhook of %d bytes (limit %d)", len(body), self.settings.max_body_bytes
+            )
+            return response.json({"error": "request body too large"}, status=413)
+        if not verify(self.settings.shared_secret, body, request.headers.get(SIGNATURE_HEADER)):
+            logger.warning(
+                "Rejected a webhook from %s: missing or invalid %s",
+                request.ip,
+                SIGNATURE_HEADER,
+            )
+            return response.json({"error": "invalid signature"}, status=401)
+        try:
+            event = parse_event(body)
+        except ProtocolError as e:
+            logger.warning("Rejected a webhook: %s", e)
+            return response.json({"error": str(e)}, status=400)
+        if not event.known:
+            logger.info("Ignored a webhook event of unknown type %r", event.type[:80])
+            return response.json({})
+        if event.idempotency_key and not await self.state.claim_delivery(event.idempotency_key):
+            logger.info(
+                "Ignored a repeated delivery %s for conversation %s",
+                event.idempotency_key,
+                event.conversation_id,
+            )
+            return response.json({})
+
+        details = await self._details_for(event)
+        metadata = {METADATA_KEY: details.to_dict()}
+        request.ctx.sparkcentral_metadata = metadata
+        agent = getattr(request.app.ctx, "agent", None)
+
+        collector = AnswerCollector() if self.settings.reply_mode == "webhook" else None
+        output = SparkcentralOutput(self.client, self.state, self.settings, collector)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def job() -> None:
+            try:
+                for message in await self._messages_for(event, metadata, output, agent):
+                    await on_new_message(message)
+            except Exception:
+                logger.exception(
+                    "Rasa failed to handle %s for conversation %s",
+                    event.type,
+                    event.conversation_id,
+                )
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        self._enqueue(event.conversation_id, job)
+        if collector is None:
+            return response.json({})
+        return response.json(await self._answer(event.conversation_id, done, collector, output))
+
+    async def _details_for(self, event: Event) -> ChannelDetails:
+        if event.type in ASSIGNMENT_EVENTS:
+            details = ChannelDetails.from_event(event)
+            await self.state.save_details(event.conversation_id, details.to_dict())
+            return details
+        stored = await self.state.load_details(event.conversation_id)
+        if stored:
+            return ChannelDetails.from_dict(stored)
+        return ChannelDetails(conversation_id=event.conversation_id)
+
+    async def _messages_for(
+        self,
+        event: Event,
+        metadata: Dict[str, Any],
+        output: SparkcentralOutput,
+        agent: Any,
+    ) -> List[UserMessage]:
+        """The messages one event becomes (built when its turn comes, so buttons shown by
+        the previous turn are known)."""
+        conversation_id = event.conversation_id
+        key = event.idempotency_key
+
+        def message(
+            text: str, suffix: str, parse_data: Optional[Dict[str, Any]] = None
+        ) -> UserMessage:
+            return UserMessage(
+                text=text,
+                output_channel=output,
+                sender_id=conversation_id,
+                input_channel=self.name(),
+                message_id=f"{key}{suffix}" if key else None,
+                metadata=metadata,
+                parse_data=parse_data,
+            )
+
+        if event.type in ASSIGNMENT_EVENTS:
+            # The conversation is (again) the bot's: a fresh session with fresh details.
+            # /restart also lifts the pause left by an earlier handoff.
+            messages = [message(RESTART_TEXT, ":restart")]
+            if self.settings.conversation_started_intent:
+                messages.append(message(f"/{self.settings.conversation_started_intent}", ":start"))
+            return messages
+
+        text = event.text
+        shown = await self.state.take_buttons(conversation_id)
+        if shown:
+            payload = button_list.match(text, shown)
+            if payload is not None:
+                text = payload
+        if text is None:
+            text = ""
+        parse_data = None
+        if self.settings.intent_topics and agent is not None and text:
+            parse_data = await agent.parse_message(text)
+            topic = self._topic_for(parse_data)
+            if topic:
+                await output.deliver(conversation_id, {"applyTopics": [topic]})
+        return [message(text, "", parse_data)]
+
+    def _topic_for(self, parse_data: Dict[str, Any]) -> Optional[str]:
+        intent = (parse_data.get("intent") or {}).get("name")
+        if not intent:
+            return None
+        mapping = self.settings.intent_topics
+        if isinstance(mapping, dict):
+            topic = mapping.get(intent)
+            return str(topic) if topic else None
+        return str(intent)
+
+    async def _answer(
+        self,
+        conversation_id: str,
+        done: asyncio.Future[None],
+        collector: AnswerCollector,
+        output: SparkcentralOutput,
+    ) -> Dict[str, Any]:
+        """Webhook reply mode: wait for the turn (up to the deadline), answer with what
+        it produced; anything the answer can't carry goes over REST."""
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout=self.settings.webhook_timeout)
+        except asyncio.TimeoutError:
+            logger.info(
+                "Conversation %s: the bot took longer than %.1fs; answering the webhook now, "
+                "later replies go over REST",
+                conversation_id,
+                self.settings.webhook_timeout,
+            )
+        collector.closed = True
+        answer, rest = merge_answer(
+            collector.bodies,
+            can_use_rest=self.client is not None,
+            allow_successor_fields=self.settings.allow_successor_fields,
+        )
+        if rest:
+
+            async def send_rest() -> None:
+                for body in rest:
+                    await output.deliver(conversation_id, body)
+
+            self._enqueue(conversation_id, send_rest)
+        return answer
+
+    # -- per-conversation order -----------------------------------------------------------
+
+    def _enqueue(self, conversation_id: str, job: Job) -> None:
+        """Run ``job`` after every job queued before it for the same conversation."""
+        queue = self._queues.get(conversation_id)
+        if queue is not None:
+            queue.append(job)
+            return
+        queue = deque([job])
+        self._queues[conversation_id] = queue
+        task = asyncio.create_task(self._drain(conversation_id, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, conversation_id: str, queue: Deque[Job]) -> None:
+        try:
+            while queue:
+                try:
+                    await queue[0]()
+                except Exception:
+                    logger.exception("Conversation %s: a queued job failed", conversation_id)
+                queue.popleft()
+        finally:
+            if self._queues.get(conversation_id) is queue:
+                del self._queues[conversation_id]
+
+    @property
+    def pending_conversations(self) -> int:
+        return len(self._queues)
+
+    async def aclose(self) -> None:
+        """Let queued turns finish (briefly), then close the HTTP session and state."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
+        if self.client is not None:
+            await self.client.close()
+        await self.state.close()

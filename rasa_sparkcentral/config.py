@@ -1,0 +1,185 @@
+"""Channel settings read from ``credentials.yml``, validated with one clear message each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+from urllib.parse import urlparse
+
+from rasa_sparkcentral.signature import InvalidSecretError, decode_secret
+
+REGION_BASE_URLS = {
+    "us": "https://public-api.sparkcentral.com",
+    "eu": "https://public-api-eu.sparkcentral.com",
+}
+REPLY_MODES = ("rest", "webhook")
+CREDENTIALS_KEY = "rasa_sparkcentral.SparkcentralInput"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed. The message names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the channel needs, after validation."""
+
+    shared_secret: bytes = field(repr=False)
+    client_id: Optional[str] = None
+    client_secret: Optional[str] = field(default=None, repr=False)
+    region: str = "us"
+    base_url: str = REGION_BASE_URLS["us"]
+    reply_mode: str = "rest"
+    conversation_started_intent: Optional[str] = "greet"
+    redis_url: Optional[str] = field(default=None, repr=False)
+    intent_topics: Any = False
+    allow_successor_fields: bool = False
+    webhook_timeout: float = 8.0
+    max_body_bytes: int = 256 * 1024
+    dedup_ttl: float = 24 * 3600.0
+    cache_size: int = 10_000
+    request_timeout: float = 10.0
+    max_attempts: int = 6
+    retry_deadline: float = 60.0
+    backoff_base: float = 0.25
+    backoff_max: float = 10.0
+    max_connections: int = 20
+    image_max_bytes: int = 10 * 1024 * 1024
+    image_timeout: float = 10.0
+
+    @property
+    def has_api_keys(self) -> bool:
+        return bool(self.client_id and self.client_secret)
+
+    @classmethod
+    def from_credentials(cls, credentials: Optional[Mapping[str, Any]]) -> Settings:
+        creds: Dict[str, Any] = dict(credentials or {})
+
+        secret_hex = _text(creds, "shared_secret")
+        if not secret_hex:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'shared_secret' is missing: copy the shared secret "
+                "Sparkcentral shows when you add the Custom Virtual Agent"
+            )
+        try:
+            shared_secret = decode_secret(secret_hex)
+        except InvalidSecretError as e:
+            raise ConfigError(f"{CREDENTIALS_KEY}: 'shared_secret' is invalid: {e}") from None
+
+        region = (_text(creds, "region") or "us").lower()
+        if region not in REGION_BASE_URLS:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'region' must be one of {', '.join(REGION_BASE_URLS)}, "
+                f"not {region!r}"
+            )
+        base_url = _text(creds, "base_url") or REGION_BASE_URLS[region]
+        parsed = urlparse(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'base_url' must be an http(s) URL, not {base_url!r}"
+            )
+
+        client_id = _text(creds, "client_id")
+        client_secret = _text(creds, "client_secret")
+        if bool(client_id) != bool(client_secret):
+            missing = "client_secret" if client_id else "client_id"
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: '{missing}' is missing: give both API keys "
+                "(Settings → Integrations → Generate API Keys) or neither"
+            )
+
+        reply_mode = (_text(creds, "reply_mode") or "rest").lower()
+        if reply_mode not in REPLY_MODES:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'reply_mode' must be one of {', '.join(REPLY_MODES)}, "
+                f"not {reply_mode!r}"
+            )
+        if reply_mode == "rest" and not client_id:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'client_id' and 'client_secret' are missing: "
+                "reply_mode 'rest' needs API keys (or set reply_mode: webhook)"
+            )
+
+        start_intent: Optional[str]
+        if "conversation_started_intent" in creds:
+            start_intent = _text(creds, "conversation_started_intent") or None
+        else:
+            start_intent = "greet"
+        if start_intent is not None:
+            start_intent = start_intent.lstrip("/")
+
+        intent_topics = creds.get("intent_topics", False)
+        if intent_topics is None:
+            intent_topics = False
+        if not isinstance(intent_topics, (bool, dict)):
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'intent_topics' must be true, false or a mapping "
+                "intent → topic"
+            )
+
+        return cls(
+            shared_secret=shared_secret,
+            client_id=client_id,
+            client_secret=client_secret,
+            region=region,
+            base_url=base_url.rstrip("/"),
+            reply_mode=reply_mode,
+            conversation_started_intent=start_intent,
+            redis_url=_text(creds, "redis_url"),
+            intent_topics=intent_topics,
+            allow_successor_fields=_bool(creds, "allow_successor_fields", False),
+            webhook_timeout=_number(creds, "webhook_timeout", 8.0, low=0.1, high=9.5),
+            max_body_bytes=int(_number(creds, "max_body_bytes", 256 * 1024, low=1024)),
+            dedup_ttl=_number(creds, "dedup_ttl", 24 * 3600.0, low=1),
+            cache_size=int(_number(creds, "cache_size", 10_000, low=10)),
+            request_timeout=_number(creds, "request_timeout", 10.0, low=0.1),
+            max_attempts=int(_number(creds, "max_attempts", 6, low=1, high=50)),
+            retry_deadline=_number(creds, "retry_deadline", 60.0, low=0.1),
+            backoff_base=_number(creds, "backoff_base", 0.25, low=0.0),
+            backoff_max=_number(creds, "backoff_max", 10.0, low=0.0),
+            max_connections=int(_number(creds, "max_connections", 20, low=1)),
+            image_max_bytes=int(_number(creds, "image_max_bytes", 10 * 1024 * 1024, low=1)),
+            image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
+        )
+
+
+def _text(creds: Mapping[str, Any], key: str) -> Optional[str]:
+    value = creds.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{CREDENTIALS_KEY}: '{key}' must be a string")
+    value = value.strip()
+    return value or None
+
+
+def _bool(creds: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = creds.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off", ""):
+        return False
+    raise ConfigError(f"{CREDENTIALS_KEY}: '{key}' must be true or false")
+
+
+def _number(
+    creds: Mapping[str, Any],
+    key: str,
+    default: float,
+    *,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+) -> float:
+    value = creds.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{CREDENTIALS_KEY}: '{key}' must be a number, not {value!r}") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{CREDENTIALS_KEY}: '{key}' must be {bounds}, not {value!r}")
+    return number

@@ -1,0 +1,270 @@
+"""Records kept by the emulator: calls served, conversations, transcripts, webhook results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+QUEUE_BOT = "bot"
+QUEUE_NEW = "new"
+QUEUE_RESOLVED = "resolved"
+
+SENDER_CONTACT = "contact"
+SENDER_BOT = "bot"
+SENDER_AGENT = "agent"
+SENDER_SYSTEM = "system"
+
+JSONDict = Dict[str, Any]
+
+
+class EmulatorTimeout(AssertionError, asyncio.TimeoutError):
+    """A ``wait_for*`` helper gave up; the message carries the transcript.
+
+    It is both an ``AssertionError`` (pytest shows it as a failed expectation) and an
+    ``asyncio.TimeoutError``.
+    """
+
+
+@dataclass
+class RecordedCall:
+    """One HTTP request the emulator served (admin ``/_emulator/`` requests excluded)."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes
+    json: Any
+    status: int
+    at: float
+    query: Dict[str, str] = field(default_factory=dict)
+    response_json: Any = None
+    fault: Optional[str] = None
+    """Set when a fault of the FaultPlan produced the answer (``"fail"``, ``"rate_limit"``...)."""
+
+    def header(self, name: str) -> Optional[str]:
+        """Case-insensitive header lookup."""
+        lowered = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+    @property
+    def conversation_id(self) -> Optional[str]:
+        """The conversation a ``/virtual-agent/conversations/{id}...`` call was about."""
+        prefix = "/virtual-agent/conversations/"
+        if not self.path.startswith(prefix):
+            return None
+        return self.path[len(prefix) :].split("/", 1)[0] or None
+
+    def to_dict(self, max_body: int = 65536) -> JSONDict:
+        text: Optional[str] = None
+        if len(self.body) <= max_body:
+            try:
+                text = self.body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": dict(self.query),
+            "headers": dict(self.headers),
+            "json": self.json,
+            "body": text,
+            "bodySize": len(self.body),
+            "status": self.status,
+            "responseJson": self.response_json,
+            "fault": self.fault,
+            "at": self.at,
+        }
+
+
+@dataclass
+class TranscriptEntry:
+    """One line of a conversation as a human would read it."""
+
+    sender: str
+    """``"contact"``, ``"bot"``, ``"agent"`` or ``"system"``."""
+    text: Optional[str] = None
+    attachment: Optional[str] = None
+    """Filename of an attachment the bot sent."""
+    via: Optional[str] = None
+    """``"rest"`` or ``"webhook"`` for bot output, ``None`` otherwise."""
+    at: float = field(default_factory=time.monotonic)
+    content_type: Optional[str] = None
+    size: Optional[int] = None
+
+    def render(self) -> str:
+        if self.sender == SENDER_SYSTEM:
+            return self.text or ""
+        parts: List[str] = []
+        if self.text is not None:
+            parts.append(self.text)
+        if self.attachment is not None:
+            parts.append(f"[attachment {self.attachment} {self.content_type or '?'}]")
+        return f"{self.sender}: {' '.join(parts)}"
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "sender": self.sender,
+            "text": self.text,
+            "attachment": self.attachment,
+            "contentType": self.content_type,
+            "size": self.size,
+            "via": self.via,
+            "at": self.at,
+            "line": self.render(),
+        }
+
+
+@dataclass
+class BotAction:
+    """An accepted bot action (a REST POST body or a non-empty webhook answer)."""
+
+    body: JSONDict
+    via: str
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class UnknownField:
+    """A top-level field of a bot action the emulator does not know (accepted, not applied)."""
+
+    conversation_id: str
+    name: str
+    value: Any
+    via: str
+
+
+@dataclass
+class Conversation:
+    """A conversation as Sparkcentral keeps it."""
+
+    id: str
+    queue: str = QUEUE_BOT
+    contact_profile: JSONDict = field(default_factory=dict)
+    medium: str = "smooch-rtm"
+    channel: JSONDict = field(default_factory=dict)
+    contact_attributes: List[JSONDict] = field(default_factory=list)
+    topics: Set[str] = field(default_factory=set)
+    ignored_topics: List[str] = field(default_factory=list)
+    attachments: Dict[str, Tuple[str, bytes]] = field(default_factory=dict)
+    transcript: List[TranscriptEntry] = field(default_factory=list)
+    actions: List[BotAction] = field(default_factory=list)
+    typing: Optional[str] = None
+    assignments: int = 0
+    """How many times the conversation was assigned to the bot (start + hand-backs)."""
+    created_at: float = field(default_factory=time.monotonic)
+
+    def started_data(self) -> JSONDict:
+        """The ``data`` of a CONVERSATION_STARTED event for this conversation."""
+        return {
+            "conversationId": self.id,
+            "contactProfile": dict(self.contact_profile),
+            "contactAttributes": [dict(a) for a in self.contact_attributes],
+            "medium": {"id": self.medium},
+            "channel": dict(self.channel),
+        }
+
+    def bot_texts(self) -> List[str]:
+        texts: List[str] = []
+        for action in self.actions:
+            for message in _messages_of(action.body):
+                text = message.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+        return texts
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "conversationId": self.id,
+            "queue": self.queue,
+            "contactProfile": self.contact_profile,
+            "medium": self.medium,
+            "channel": self.channel,
+            "contactAttributes": self.contact_attributes,
+            "topics": sorted(self.topics),
+            "ignoredTopics": list(self.ignored_topics),
+            "attachments": {
+                name: {"contentType": ctype, "size": len(data)}
+                for name, (ctype, data) in self.attachments.items()
+            },
+            "typing": self.typing,
+            "assignments": self.assignments,
+            "transcript": [entry.to_dict() for entry in self.transcript],
+            "actions": [{"via": a.via, "body": a.body, "at": a.at} for a in self.actions],
+            "botTexts": self.bot_texts(),
+        }
+
+
+def _messages_of(body: JSONDict) -> List[JSONDict]:
+    """The message objects of an action body (``sendMessage`` then ``sendMessages``)."""
+    messages: List[JSONDict] = []
+    single = body.get("sendMessage")
+    if isinstance(single, dict):
+        messages.append(single)
+    several = body.get("sendMessages")
+    if isinstance(several, list):
+        messages.extend(m for m in several if isinstance(m, dict))
+    return messages
+
+
+@dataclass
+class WebhookResult:
+    """What the bot answered to one signed webhook delivery.
+
+    ``deliver(..., copies=n)`` returns the result of the first copy (in sending order) and
+    puts every copy's result, in sending order, in ``results``.
+    """
+
+    status: int
+    json: Any
+    text: str
+    elapsed: float
+    idempotency_key: Optional[str]
+    event_type: Optional[str] = None
+    conversation_id: Optional[str] = None
+    body: bytes = b""
+    """The exact bytes that were POSTed."""
+    headers: Dict[str, str] = field(default_factory=dict)
+    """Response headers."""
+    delivered: bool = True
+    """False when no webhook was sent (e.g. the contact wrote while a human agent has it)."""
+    applied: bool = False
+    """True when a non-empty answer was applied as a bot action."""
+    error: Optional[str] = None
+    """Why a non-empty answer was not applied (invalid, conversation not with the bot...)."""
+    results: List[WebhookResult] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.delivered and self.status == 200
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "status": self.status,
+            "body": self.json if self.json is not None else self.text,
+            "elapsed": self.elapsed,
+            "idempotencyKey": self.idempotency_key,
+            "delivered": self.delivered,
+            "applied": self.applied,
+            "error": self.error,
+        }
+
+
+@dataclass
+class EmulatorEvent:
+    """Something happened; given to the listeners of ``SparkcentralEmulator.add_listener``.
+
+    ``kind`` is ``"call"`` (a request was served), ``"transcript"`` (a transcript entry was
+    added), ``"webhook"`` (a webhook delivery finished) or ``"token"`` (a token was issued).
+    """
+
+    kind: str
+    line: str
+    conversation_id: Optional[str] = None
+    entry: Optional[TranscriptEntry] = None
+    call: Optional[RecordedCall] = None
+    result: Optional[WebhookResult] = None
