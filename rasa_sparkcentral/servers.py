@@ -41,7 +41,9 @@ __all__ = [
     "base_env",
     "free_port",
     "rasa_server",
+    "redis_lock_store",
     "redis_server",
+    "redis_tracker_store",
     "write_credentials",
     "write_endpoints",
 ]
@@ -197,6 +199,7 @@ class ManagedProcess:
         env: Optional[Mapping[str, str]] = None,
         name: Optional[str] = None,
         url: Optional[str] = None,
+        port: Optional[int] = None,
         probe: Optional[Probe] = None,
         ready_timeout: float = 120.0,
         stop_grace: float = 10.0,
@@ -207,6 +210,7 @@ class ManagedProcess:
         self.env = base_env(env)
         self.name = name or Path(self.argv[0]).name
         self.url = url
+        self.port = port
         self.probe: Optional[Probe] = probe or (HttpProbe(url) if url else None)
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
@@ -502,6 +506,7 @@ def rasa_server(
         log_path=log_path,
         name=f"rasa run :{port}",
         url=url,
+        port=port,
         probe=HttpProbe(f"{url}/"),
         ready_timeout=ready_timeout,
     )
@@ -526,6 +531,7 @@ def action_server(
         log_path=log_path,
         name=f"action server :{port}",
         url=url,
+        port=port,
         probe=HttpProbe(f"{url}/health"),
         ready_timeout=ready_timeout,
     )
@@ -565,6 +571,20 @@ def redis_server(
         log_path=log_path,
         name=f"redis-server :{port}",
         url=f"redis://{LOOPBACK}:{port}",
+        port=port,
         probe=RedisProbe(LOOPBACK, port),
         ready_timeout=ready_timeout,
     )
+
+
+def redis_tracker_store(port: int, db: int = 0, key_prefix: Optional[str] = None) -> dict[str, Any]:
+    """``tracker_store`` endpoint settings for a Redis on 127.0.0.1:port."""
+    store: dict[str, Any] = {"type": "redis", "url": LOOPBACK, "port": port, "db": db}
+    if key_prefix:
+        store["key_prefix"] = key_prefix  # Rasa wants letters and digits only
+    return store
+
+
+def redis_lock_store(port: int, db: int = 1, key_prefix: Optional[str] = None) -> dict[str, Any]:
+    """``lock_store`` endpoint settings for a Redis on 127.0.0.1:port."""
+    return redis_tracker_store(port, db, key_prefix)

@@ -4,6 +4,6 @@
 Sparkcentral actions (channel details slots, handoff, resolve), the second the bot's own.
 """
 
-from rasa_sparkcentral.actions import *  # noqa: F401,F403
+from rasa_sparkcentral.actions import *  # noqa: F403
 
 from . import actions  # noqa: F401

@@ -8,9 +8,7 @@ from rasa_sdk import Action, Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
 BROWSER_LANGUAGE_ATTRIBUTE = "smooch-rtm-browser-language"
-FALLBACK_TEXT = (
-    "I can't tell which language you're using, but I'm happy to continue in English."
-)
+FALLBACK_TEXT = "I can't tell which language you're using, but I'm happy to continue in English."
 
 
 def browser_language(attributes: Any) -> str | None:

@@ -54,14 +54,14 @@ def default_contact_profile(
     }
 
 
-def default_contact_attributes(medium: str, language: Optional[str] = "en-GB") -> List[Dict[str, Any]]:
+def default_contact_attributes(
+    medium: str, language: Optional[str] = "en-GB"
+) -> List[Dict[str, Any]]:
     """The attributes a medium reports about the contact (a browser language for web chat)."""
     if not language:
         return []
-    if medium == "smooch-rtm":
-        attribute = "smooch-rtm-browser-language"
-    else:
-        attribute = f"{medium}-language"
+    browser = medium == "smooch-rtm"
+    attribute = "smooch-rtm-browser-language" if browser else f"{medium}-language"
     return [{"attribute": attribute, "value": language, "source": "MEDIUM"}]
 
 

@@ -174,13 +174,15 @@ class FaultPlan:
             "randomStatus": self.random_status,
             "seed": self._seed,
             "pendingRest": [
-                {"status": p.fault.status, "kind": p.fault.kind, "count": p.remaining,
-                 "retryAfter": p.fault.retry_after}
+                {
+                    "status": p.fault.status,
+                    "kind": p.fault.kind,
+                    "count": p.remaining,
+                    "retryAfter": p.fault.retry_after,
+                }
                 for p in self._rest
             ],
-            "pendingToken": [
-                {"status": p.fault.status, "count": p.remaining} for p in self._token
-            ],
+            "pendingToken": [{"status": p.fault.status, "count": p.remaining} for p in self._token],
             "injected": self.injected,
         }
 

@@ -226,9 +226,9 @@ class WebhookResult:
     idempotency_key: Optional[str]
     event_type: Optional[str] = None
     conversation_id: Optional[str] = None
-    body: bytes = b""
+    body: bytes = field(default=b"", repr=False)
     """The exact bytes that were POSTed."""
-    headers: Dict[str, str] = field(default_factory=dict)
+    headers: Dict[str, str] = field(default_factory=dict, repr=False)
     """Response headers."""
     delivered: bool = True
     """False when no webhook was sent (e.g. the contact wrote while a human agent has it)."""

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from rasa_sparkcentral.signature import SIGNATURE_HEADER, decode_secret, sign
 
+from .admin import add_admin_routes
 from .contact import (
     ASSIGNMENT_EVENTS,
     EVENT_CONVERSATION_STARTED,
@@ -301,9 +302,7 @@ class SparkcentralEmulator:
         )
         return self.bot_texts(conversation_id)
 
-    async def wait_for_queue(
-        self, conversation_id: str, queue: str, timeout: float = 30.0
-    ) -> None:
+    async def wait_for_queue(self, conversation_id: str, queue: str, timeout: float = 30.0) -> None:
         """Wait until the conversation is in ``queue`` ("bot", "new" or "resolved")."""
 
         def in_queue() -> bool:
@@ -568,7 +567,7 @@ class SparkcentralEmulator:
         async with self._client().post(url, data=body, headers=dict(headers)) as response:
             raw = await response.read()
             status = response.status
-            response_headers = {k: v for k, v in response.headers.items()}
+            response_headers = dict(response.headers.items())
         elapsed = time.perf_counter() - started
         text = raw.decode("utf-8", "replace")
         parsed: Any = None
@@ -662,9 +661,7 @@ class SparkcentralEmulator:
             result.error = "webhook answer is not a JSON object"
         elif any(value is not None for value in result.json.values()):
             conv = (
-                self.conversations.get(result.conversation_id)
-                if result.conversation_id
-                else None
+                self.conversations.get(result.conversation_id) if result.conversation_id else None
             )
             if conv is None:
                 result.error = "webhook answer for an unknown conversation"
@@ -693,7 +690,7 @@ class SparkcentralEmulator:
                 error = (
                     None
                     if value in COMPLETE_VALUES
-                    else f"complete must be null, \"HANDOVER\" or \"RESOLVED\", not {value!r}"
+                    else f'complete must be null, "HANDOVER" or "RESOLVED", not {value!r}'
                 )
             elif name == "sendMessages":
                 if not isinstance(value, list):
@@ -715,7 +712,7 @@ class SparkcentralEmulator:
                 error = (
                     None
                     if value in TYPING_VALUES
-                    else f"indicateTyping must be \"START\" or \"STOP\", not {value!r}"
+                    else f'indicateTyping must be "START" or "STOP", not {value!r}'
                 )
             if error:
                 return error
@@ -845,8 +842,6 @@ class SparkcentralEmulator:
         app.router.add_post(TOKEN_PATH, self._handle_token)
         app.router.add_post(CONVERSATION_PATH, self._handle_conversation)
         app.router.add_put(ATTACHMENT_PATH, self._handle_attachment)
-        from .admin import add_admin_routes
-
         add_admin_routes(app, self)
         return app
 
@@ -880,12 +875,12 @@ class SparkcentralEmulator:
         call = RecordedCall(
             method=request.method,
             path=request.path,
-            headers={k: v for k, v in request.headers.items()},
+            headers=dict(request.headers.items()),
             body=body,
             json=_parse_json(body) if body else None,
             status=status,
             at=time.monotonic(),
-            query={k: v for k, v in request.query.items()},
+            query=dict(request.query.items()),
             response_json=response_json,
             fault=request.get("fault"),
         )

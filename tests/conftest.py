@@ -1,0 +1,311 @@
+"""Fixtures that start real servers: the example bot's model, action server, Redis and
+``rasa run`` with the Sparkcentral channel, talking to an in-process emulator.
+
+Every test that uses one of them is marked ``e2e`` automatically (``-m e2e`` selects them,
+``-m "not e2e"`` skips them). Server logs live in one temporary directory; when such a
+test fails its report shows the log paths and the end of each log.
+
+    async def test_greets(bot):
+        emu = bot.emulator
+        started = await emu.start_conversation(name="Ann")
+        texts = await emu.wait_for_bot_messages(started.conversation_id, 1)
+
+    async def test_webhook_mode(start_bot):
+        handle = await start_bot(reply_mode="webhook")   # its own emulator and rasa run
+        await handle.emulator.start_conversation()
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import pytest_asyncio
+
+from rasa_sparkcentral import servers
+from rasa_sparkcentral.emulator import SparkcentralEmulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BOT_DIR = REPO_ROOT / "example_bot"
+MODEL_PATH = BOT_DIR / "models" / "example_bot.tar.gz"
+MODEL_INPUTS = ("config.yml", "domain.yml", "data")
+
+SERVER_FIXTURES = frozenset(
+    {"trained_model", "action_server", "redis_server", "start_bot", "bot", "server_logs"}
+)
+
+# Every process the fixtures started, for failure reports.
+_STARTED: list[servers.ManagedProcess] = []
+
+
+# --------------------------------------------------------------------------- markers, reports
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.failed and _STARTED and item.get_closest_marker("e2e") is not None:
+        parts = []
+        for process in _STARTED:
+            parts.append(f"{process.name}: {process.log_path}")
+            parts.append(process.log_tail(20).rstrip())
+        report.sections.append(("server logs (last 20 lines each)", "\n".join(parts)))
+
+
+# --------------------------------------------------------------------------- model, servers
+
+
+def _model_is_stale() -> bool:
+    if not MODEL_PATH.exists():
+        return True
+    built = MODEL_PATH.stat().st_mtime
+    for name in MODEL_INPUTS:
+        path = BOT_DIR / name
+        files = path.rglob("*") if path.is_dir() else [path]
+        if any(f.is_file() and f.stat().st_mtime > built for f in files):
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory every server fixture writes its logs to."""
+    path = tmp_path_factory.mktemp("server-logs")
+    print(f"\nserver logs: {path}", file=sys.stderr)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(server_logs: Path) -> Path:
+    """example_bot/models/example_bot.tar.gz, trained first when missing or out of date."""
+    if _model_is_stale():
+        log_path = server_logs / "rasa-train.log"
+        with open(log_path, "wb") as log:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rasa",
+                    "train",
+                    "--fixed-model-name",
+                    "example_bot",
+                    "--out",
+                    str(MODEL_PATH.parent),
+                ],
+                cwd=BOT_DIR,
+                env=servers.base_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
+        if result.returncode != 0 or not MODEL_PATH.exists():
+            tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-40:])
+            pytest.fail(f"rasa train failed ({log_path}):\n{tail}", pytrace=False)
+    return MODEL_PATH
+
+
+@pytest.fixture(scope="session")
+def action_server(server_logs: Path) -> Iterator[servers.ManagedProcess]:
+    """The example bot's action server (``python -m rasa_sdk --actions actions``)."""
+    process = servers.action_server(BOT_DIR, servers.free_port(), server_logs / "action-server.log")
+    _STARTED.append(process)
+    with process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_logs: Path) -> Iterator[servers.ManagedProcess]:
+    """A throw-away Redis on a free port (``.port``; see servers.redis_tracker_store)."""
+    port = servers.free_port()
+    process = servers.redis_server(port, server_logs / f"redis-{port}", server_logs / "redis.log")
+    _STARTED.append(process)
+    with process:
+        yield process
+
+
+# --------------------------------------------------------------------------- rasa run
+
+
+@dataclass
+class RasaHandle:
+    """One ``rasa run`` with the Sparkcentral channel, and the emulator it talks to."""
+
+    process: servers.ManagedProcess
+    emulator: SparkcentralEmulator
+    credentials_path: Path
+    endpoints_path: Path
+
+    @property
+    def url(self) -> str:
+        assert self.process.url is not None
+        return self.process.url
+
+    @property
+    def port(self) -> int:
+        assert self.process.port is not None
+        return self.process.port
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/webhooks/sparkcentral/webhook"
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+    async def stop(self) -> None:
+        await self.process.stop_async()
+
+    async def restart(self, timeout: Optional[float] = None) -> None:
+        """Stop and start again on the same port, with the same files (a Rasa restart)."""
+        await self.process.restart_async(timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Bot:
+    """The default bot: ``.emulator`` (in-process Sparkcentral) and ``.rasa`` (RasaHandle)."""
+
+    emulator: SparkcentralEmulator
+    rasa: RasaHandle
+
+
+_DEFAULT: Any = object()
+
+
+@dataclass
+class BotStarter:
+    """``await start_bot(**channel_settings)`` starts ``rasa run`` (see ``__call__``)."""
+
+    model_path: Path
+    action_url: str
+    log_dir: Path
+    handles: list[RasaHandle] = field(default_factory=list)
+    own_emulators: list[SparkcentralEmulator] = field(default_factory=list)
+
+    async def new_emulator(self, **kwargs: Any) -> SparkcentralEmulator:
+        """A started emulator, stopped at the end of the session."""
+        emulator = SparkcentralEmulator(**kwargs)
+        await emulator.start(host="127.0.0.1", port=0)
+        self.own_emulators.append(emulator)
+        return emulator
+
+    async def __call__(
+        self,
+        *,
+        emulator: Optional[SparkcentralEmulator] = None,
+        tracker_store: Optional[Mapping[str, Any]] = None,
+        lock_store: Optional[Mapping[str, Any]] = None,
+        action_url: Optional[str] = _DEFAULT,
+        env: Optional[Mapping[str, str]] = None,
+        extra_args: Sequence[str] = (),
+        set_webhook: bool = True,
+        name: Optional[str] = None,
+        ready_timeout: float = 180.0,
+        **channel_settings: Any,
+    ) -> RasaHandle:
+        """Start ``rasa run`` with the example bot and return its handle.
+
+        ``emulator``: the Sparkcentral it talks to (default: a new one). Its base URL, API
+        keys and shared secret go into credentials; ``channel_settings`` add to or override
+        them (``client_id=None`` leaves a key out). With ``set_webhook`` the emulator's
+        webhook URL points at this instance afterwards. ``tracker_store``/``lock_store``
+        go into endpoints as they are; ``action_url=None`` runs without action server.
+        """
+        if emulator is None:
+            emulator = await self.new_emulator()
+        port = servers.free_port()
+        label = name or f"rasa-{port}"
+        files = self.log_dir / label
+        settings: dict[str, Any] = {
+            "base_url": emulator.base_url,
+            "shared_secret": emulator.shared_secret,
+            "client_id": emulator.client_id,
+            "client_secret": emulator.client_secret,
+        }
+        settings.update(channel_settings)
+        credentials = servers.write_credentials(files / "credentials.yml", **settings)
+        endpoints = servers.write_endpoints(
+            files / "endpoints.yml",
+            action_url=self.action_url if action_url is _DEFAULT else action_url,
+            tracker_store=tracker_store,
+            lock_store=lock_store,
+        )
+        process = servers.rasa_server(
+            BOT_DIR,
+            self.model_path,
+            port,
+            credentials,
+            endpoints,
+            self.log_dir / f"{label}.log",
+            extra_args=extra_args,
+            env=env,
+            ready_timeout=ready_timeout,
+        )
+        _STARTED.append(process)
+        handle = RasaHandle(process, emulator, credentials, endpoints)
+        self.handles.append(handle)
+        process.start()
+        await process.wait_ready_async()
+        if set_webhook:
+            emulator.webhook_url = handle.webhook_url
+        return handle
+
+    async def close(self) -> None:
+        for handle in self.handles:
+            await handle.stop()
+        for emulator in self.own_emulators:
+            await emulator.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def start_bot(
+    trained_model: Path, action_server: servers.ManagedProcess, server_logs: Path
+) -> AsyncIterator[BotStarter]:
+    """Factory: ``handle = await start_bot(**channel_settings)``; all stopped at the end."""
+    starter = BotStarter(
+        model_path=trained_model,
+        action_url=f"{action_server.url}/webhook",
+        log_dir=server_logs,
+    )
+    try:
+        yield starter
+    finally:
+        await starter.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def bot(start_bot: BotStarter) -> Bot:
+    """The default bot: emulator + action server + ``rasa run`` with default settings."""
+    handle = await start_bot(name="rasa-default")
+    return Bot(emulator=handle.emulator, rasa=handle)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def bot_dir() -> Path:
+    return BOT_DIR

@@ -1,0 +1,151 @@
+"""Our rasa_sdk actions, run through rasa_sdk's own executor (the action server's code path)."""
+
+from typing import Any, Dict, Optional
+
+import pytest
+from rasa_sdk.executor import ActionExecutor
+
+import rasa_sparkcentral.actions as actions
+
+DETAILS = {
+    "conversationId": "conv-1",
+    "channelId": "chan-1",
+    "channelName": "Demo Channel",
+    "medium": "twit",
+    "contactProfile": {
+        "id": "contact-1",
+        "mediumContactProfileId": "123",
+        "primaryIdentifier": "@johan",
+        "secondaryIdentifier": "Johan",
+        "pictureUrl": "https://example.invalid/p.png",
+        "vip": True,
+    },
+    "contactAttributes": [
+        {"attribute": "fb-locale", "value": "nl_BE", "source": "MEDIUM"},
+        {"attribute": "fb-timezone", "value": "2", "source": "MEDIUM"},
+    ],
+}
+ALL_SLOTS = {name: {"type": "any"} for name in actions.channel_details_slots(DETAILS)}
+
+
+def _call(
+    name: str,
+    *,
+    metadata: Optional[Dict[str, Any]] = None,
+    slots: Optional[Dict[str, Any]] = None,
+    domain: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    return {
+        "next_action": name,
+        "sender_id": "conv-1",
+        "tracker": {
+            "sender_id": "conv-1",
+            "slots": slots or {},
+            "latest_message": {
+                "text": "hi",
+                "intent": {"name": "greet"},
+                "metadata": metadata or {},
+            },
+            "events": [],
+            "paused": False,
+            "followup_action": None,
+            "active_loop": {},
+            "latest_action_name": "action_listen",
+        },
+        "domain": domain or {},
+    }
+
+
+@pytest.fixture(scope="module")
+def executor() -> ActionExecutor:
+    ex = ActionExecutor()
+    ex.register_package("rasa_sparkcentral.actions")
+    return ex
+
+
+def test_only_concrete_actions_are_registered(executor: ActionExecutor) -> None:
+    names = set(executor.actions)
+    assert {
+        "action_handoff_to_sparkcentral",
+        "action_resolve_conversation",
+        "action_sparkcentral_channel_details",
+    } <= names
+
+
+async def test_handoff_says_goodbye_then_hands_over_and_pauses(executor: ActionExecutor) -> None:
+    domain = {"responses": {"utter_handoff": [{"text": "bye"}]}, "slots": {}}
+    result = await executor.run(_call("action_handoff_to_sparkcentral", domain=domain))
+    assert result is not None
+    assert [r.get("response") for r in result["responses"]] == ["utter_handoff", None]
+    assert result["responses"][1]["custom"] == {"complete": "HANDOVER"}
+    assert [e["event"] for e in result["events"]] == ["pause"]
+
+
+async def test_handoff_without_response_and_with_topic_slot(executor: ActionExecutor) -> None:
+    domain = {"responses": {}, "slots": {"sparkcentral_handoff_topics": {"type": "list"}}}
+    call = _call(
+        "action_handoff_to_sparkcentral",
+        domain=domain,
+        slots={"sparkcentral_handoff_topics": ["billing", " vip "]},
+    )
+    result = await executor.run(call)
+    assert result is not None
+    assert [r["custom"] for r in result["responses"]] == [
+        {"complete": "HANDOVER", "applyTopics": ["billing", "vip"]}
+    ]
+
+
+async def test_topics_from_environment(executor: ActionExecutor, monkeypatch) -> None:
+    monkeypatch.setenv("SPARKCENTRAL_HANDOFF_TOPICS", "escalation, chatbot")
+    result = await executor.run(_call("action_resolve_conversation"))
+    assert result is not None
+    assert result["responses"][-1]["custom"] == {
+        "complete": "RESOLVED",
+        "applyTopics": ["escalation", "chatbot"],
+    }
+
+
+async def test_channel_details_fill_declared_slots(executor: ActionExecutor) -> None:
+    result = await executor.run(
+        _call(
+            "action_sparkcentral_channel_details",
+            metadata={"sparkcentral": DETAILS},
+            domain={"slots": ALL_SLOTS},
+        )
+    )
+    assert result is not None
+    slots = {e["name"]: e["value"] for e in result["events"]}
+    assert slots["sparkcentral_medium"] == "twit"
+    assert slots["sparkcentral_vip"] is True
+    assert slots["sparkcentral_primary_identifier"] == "@johan"
+    assert slots["sparkcentral_contact_attributes"] == {"fb-locale": "nl_BE", "fb-timezone": "2"}
+    assert slots["sparkcentral_channel_details"] == DETAILS
+
+
+async def test_channel_details_skip_undeclared_and_unchanged(executor: ActionExecutor) -> None:
+    domain = {"slots": {"sparkcentral_vip": {}, "sparkcentral_medium": {}}}
+    call = _call(
+        "action_sparkcentral_channel_details",
+        metadata={"sparkcentral": DETAILS},
+        domain=domain,
+        slots={"sparkcentral_vip": True},
+    )
+    result = await executor.run(call)
+    assert result is not None
+    assert result["events"] == [
+        {"event": "slot", "timestamp": None, "name": "sparkcentral_medium", "value": "twit"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, {}, {"sparkcentral": "x"}, {"sparkcentral": {"conversationId": "conv-1"}}],
+)
+async def test_channel_details_without_profile_keep_slots(
+    executor: ActionExecutor, metadata: Any
+) -> None:
+    call = _call(
+        "action_sparkcentral_channel_details", metadata=metadata, domain={"slots": ALL_SLOTS}
+    )
+    result = await executor.run(call)
+    assert result is not None and result["events"] == []
