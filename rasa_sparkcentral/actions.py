@@ -24,7 +24,7 @@ from abc import ABCMeta, abstractmethod
 from typing import Any, Dict, List, Optional
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.events import ConversationPaused, EventType, SlotSet
+from rasa_sdk.events import ActionExecuted, ConversationPaused, EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
 METADATA_KEY = "sparkcentral"
 TOPICS_SLOT = "sparkcentral_handoff_topics"
 TOPICS_ENV = "SPARKCENTRAL_HANDOFF_TOPICS"
+ACTION_LISTEN = "action_listen"
 
 
 def _has_response(domain: Dict[str, Any], name: str) -> bool:
@@ -80,7 +81,10 @@ class _CompleteConversation(Action, metaclass=ABCMeta):
         if topics:
             payload["applyTopics"] = topics
         dispatcher.utter_message(json_message=payload)
-        return [ConversationPaused()]
+        # Paused, the bot runs no action, and Rasa would not log its usual action_listen.
+        # Logging it keeps the tracker in the state Rasa's default rules expect, so the
+        # /restart the channel sends when the conversation comes back is honoured.
+        return [ConversationPaused(), ActionExecuted(ACTION_LISTEN)]
 
 
 class ActionHandoffToSparkcentral(_CompleteConversation):

@@ -43,6 +43,14 @@ RESTART_TEXT = "/restart"
 SHUTDOWN_GRACE = 10.0
 
 
+def _follow_rasa_log_level() -> None:
+    """Log at the level ``rasa run`` was given (``--debug``, ``--verbose``, LOG_LEVEL),
+    which Rasa sets on its own ``rasa`` logger only."""
+    package_logger = logging.getLogger("rasa_sparkcentral")
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.getLogger("rasa").getEffectiveLevel())
+
+
 class SparkcentralConfigError(RasaException):
     """A setting in credentials.yml is missing or malformed."""
 
@@ -58,6 +66,7 @@ class SparkcentralInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> SparkcentralInput:
         if credentials is None:
             cls.raise_missing_credentials_exception()
+        _follow_rasa_log_level()
         try:
             settings = Settings.from_credentials(credentials)
         except ConfigError as e:

@@ -11,10 +11,13 @@ import aiohttp
 from rasa_sparkcentral.emulator import SparkcentralEmulator
 
 
-async def get_tracker(rasa_url: str, conversation_id: str) -> Dict[str, Any]:
+async def get_tracker(
+    rasa_url: str, conversation_id: str, include_events: str = "AFTER_RESTART"
+) -> Dict[str, Any]:
     """The conversation's tracker through Rasa's HTTP API (``--enable-api``)."""
     async with aiohttp.ClientSession() as session, session.get(
-        f"{rasa_url}/conversations/{conversation_id}/tracker"
+        f"{rasa_url}/conversations/{conversation_id}/tracker",
+        params={"include_events": include_events},
     ) as response:
         assert response.status == 200, await response.text()
         tracker: Dict[str, Any] = await response.json()

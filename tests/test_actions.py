@@ -78,7 +78,8 @@ async def test_handoff_says_goodbye_then_hands_over_and_pauses(executor: ActionE
     assert result is not None
     assert [r.get("response") for r in result["responses"]] == ["utter_handoff", None]
     assert result["responses"][1]["custom"] == {"complete": "HANDOVER"}
-    assert [e["event"] for e in result["events"]] == ["pause"]
+    assert [e["event"] for e in result["events"]] == ["pause", "action"]
+    assert result["events"][1]["name"] == "action_listen"
 
 
 async def test_handoff_without_response_and_with_topic_slot(executor: ActionExecutor) -> None:

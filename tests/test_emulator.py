@@ -33,12 +33,9 @@ from rasa_sparkcentral.emulator import (
     RecordedCall,
     SparkcentralEmulator,
     WebhookResult,
+    pytest_plugin,
 )
 from rasa_sparkcentral.emulator.cli import build_parser
-from rasa_sparkcentral.emulator.pytest_plugin import (  # noqa: F401  (fixtures)
-    sparkcentral_emulator,
-    sparkcentral_emulator_options,
-)
 from rasa_sparkcentral.signature import (
     SIGNATURE_HEADER,
     decode_secret,
@@ -46,6 +43,10 @@ from rasa_sparkcentral.signature import (
     sign_with_secret,
     verify,
 )
+
+# The plugin's fixtures (also registered through the pytest11 entry point once installed).
+sparkcentral_emulator = pytest_plugin.sparkcentral_emulator
+sparkcentral_emulator_options = pytest_plugin.sparkcentral_emulator_options
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN_PATH = "/virtual-agent/oauth2/token"
@@ -443,7 +444,7 @@ async def test_action_validation(emu: SparkcentralEmulator, http: aiohttp.Client
     emu.known_topics = {"billing", "sales"}
     token = await get_token(http, emu)
     cid = await started(emu)
-    for body in (
+    invalid: List[Any] = [
         b"not json",
         [1, 2],
         {"sendMessage": "hi"},
@@ -454,7 +455,8 @@ async def test_action_validation(emu: SparkcentralEmulator, http: aiohttp.Client
         {"complete": "DONE"},
         {"indicateTyping": "MAYBE"},
         {"sendMessages": [{"text": "ok"}, "bad"]},
-    ):
+    ]
+    for body in invalid:
         resp = await act(http, emu, cid, body, token)
         assert resp.status == 400, body
     assert emu.actions_for(cid) == []

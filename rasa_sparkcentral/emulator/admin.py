@@ -105,7 +105,7 @@ def add_admin_routes(app: web.Application, emu: SparkcentralEmulator) -> None:
         }
 
     async def show(request: web.Request) -> JSONDict:
-        return emu.conversation(request.match_info["cid"]).to_dict()
+        return emu.conversation(request.match_info["cid"]).to_dict(emu.accept_extended_fields)
 
     async def message(request: web.Request) -> JSONDict:
         body = await body_of(request)

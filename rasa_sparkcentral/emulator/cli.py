@@ -394,3 +394,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"sparkcentral-emulator: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # e.g. a shared secret that is not hex
+        print(f"sparkcentral-emulator: {exc}", file=sys.stderr)
+        return 2

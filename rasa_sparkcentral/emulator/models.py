@@ -168,16 +168,17 @@ class Conversation:
             "channel": dict(self.channel),
         }
 
-    def bot_texts(self) -> List[str]:
+    def bot_texts(self, extended: bool = True) -> List[str]:
+        """Texts the bot sent; ``extended=False`` ignores ``sendMessages`` (classic mode)."""
         texts: List[str] = []
         for action in self.actions:
-            for message in _messages_of(action.body):
+            for message in _messages_of(action.body, extended):
                 text = message.get("text")
                 if isinstance(text, str):
                     texts.append(text)
         return texts
 
-    def to_dict(self) -> JSONDict:
+    def to_dict(self, extended: bool = True) -> JSONDict:
         return {
             "conversationId": self.id,
             "queue": self.queue,
@@ -195,17 +196,17 @@ class Conversation:
             "assignments": self.assignments,
             "transcript": [entry.to_dict() for entry in self.transcript],
             "actions": [{"via": a.via, "body": a.body, "at": a.at} for a in self.actions],
-            "botTexts": self.bot_texts(),
+            "botTexts": self.bot_texts(extended),
         }
 
 
-def _messages_of(body: JSONDict) -> List[JSONDict]:
+def _messages_of(body: JSONDict, extended: bool = True) -> List[JSONDict]:
     """The message objects of an action body (``sendMessage`` then ``sendMessages``)."""
     messages: List[JSONDict] = []
     single = body.get("sendMessage")
     if isinstance(single, dict):
         messages.append(single)
-    several = body.get("sendMessages")
+    several = body.get("sendMessages") if extended else None
     if isinstance(several, list):
         messages.extend(m for m in several if isinstance(m, dict))
     return messages

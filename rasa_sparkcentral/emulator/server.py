@@ -189,11 +189,14 @@ class SparkcentralEmulator:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound_port = int(runner.addresses[0][1])
-        url_host = host
-        if host in ("", "0.0.0.0"):
+        bound = runner.addresses[0]
+        bound_port = int(bound[1])
+        # With port 0 a host name may bind one free port per address family: name the
+        # address actually bound so that the URL reaches this socket.
+        url_host = str(bound[0]) if port == 0 else host
+        if url_host in ("", "0.0.0.0"):
             url_host = "127.0.0.1"
-        elif host == "::":
+        elif url_host == "::":
             url_host = "::1"
         if ":" in url_host:
             url_host = f"[{url_host}]"
@@ -339,7 +342,7 @@ class SparkcentralEmulator:
     def bot_texts(self, conversation_id: str) -> List[str]:
         """Texts the bot sent (``sendMessage.text`` and ``sendMessages[].text``), in order."""
         conv = self.conversations.get(conversation_id)
-        return [] if conv is None else conv.bot_texts()
+        return [] if conv is None else conv.bot_texts(self.accept_extended_fields)
 
     def calls_to(self, path_prefix: str, method: Optional[str] = None) -> List[RecordedCall]:
         return [
@@ -377,7 +380,7 @@ class SparkcentralEmulator:
         for conv in self.conversations.values():
             queues[conv.queue] = queues.get(conv.queue, 0) + 1
             actions += len(conv.actions)
-            bot_messages += sum(len(_messages_of(a.body)) for a in conv.actions)
+            bot_messages += sum(len(self._messages(a.body)) for a in conv.actions)
         return {
             "tokenRequests": self.token_requests,
             "calls": len(self.calls),
@@ -548,10 +551,7 @@ class SparkcentralEmulator:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=self.webhook_timeout),
-            )
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     async def _post_webhook(
@@ -564,7 +564,10 @@ class SparkcentralEmulator:
         conversation_id: Optional[str],
     ) -> WebhookResult:
         started = time.perf_counter()
-        async with self._client().post(url, data=body, headers=dict(headers)) as response:
+        timeout = aiohttp.ClientTimeout(total=self.webhook_timeout)
+        async with self._client().post(
+            url, data=body, headers=dict(headers), timeout=timeout
+        ) as response:
             raw = await response.read()
             status = response.status
             response_headers = dict(response.headers.items())
@@ -811,10 +814,7 @@ class SparkcentralEmulator:
         self._notify()
 
     def _messages(self, payload: JSONDict) -> List[JSONDict]:
-        if self.accept_extended_fields:
-            return _messages_of(payload)
-        single = payload.get("sendMessage")
-        return [single] if isinstance(single, dict) else []
+        return _messages_of(payload, self.accept_extended_fields)
 
     def _add_entry(self, conv: Conversation, entry: TranscriptEntry) -> None:
         conv.transcript.append(entry)

@@ -1,0 +1,121 @@
+"""Issue 5: channel details as slots that rules branch on, across turns and restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+from tests.helpers import get_tracker, response_text, say_and_wait
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+async def test_vip_contact_gets_the_vip_greeting(bot: Any) -> None:
+    emu = bot.emulator
+    started = await emu.start_conversation(name="Anna", vip=True)
+    texts = await emu.wait_for_bot_messages(started.conversation_id, 1)
+    assert texts == [response_text("utter_greet_vip", sparkcentral_primary_identifier="Anna")]
+
+
+async def test_regular_contact_gets_the_normal_greeting(bot: Any) -> None:
+    emu = bot.emulator
+    started = await emu.start_conversation(name="Bert", vip=False)
+    texts = await emu.wait_for_bot_messages(started.conversation_id, 1)
+    assert texts == [response_text("utter_greet")]
+
+
+async def test_vip_path_holds_on_later_turns(bot: Any) -> None:
+    emu = bot.emulator
+    started = await emu.start_conversation(name="Anna", vip=True)
+    cid = started.conversation_id
+    await emu.wait_for_bot_messages(cid, 1)
+    await say_and_wait(emu, cid, "what are your opening hours?")
+    assert await say_and_wait(emu, cid, "hello") == [
+        response_text("utter_greet_vip", sparkcentral_primary_identifier="Anna")
+    ]
+
+
+async def test_response_uses_a_contact_attribute(bot: Any) -> None:
+    emu = bot.emulator
+    started = await emu.start_conversation(language="fr-BE")
+    cid = started.conversation_id
+    await emu.wait_for_bot_messages(cid, 1)
+    assert await say_and_wait(emu, cid, "what language am I using?") == [
+        "Your browser language is fr-BE."
+    ]
+
+
+async def test_chatlayer_channel_details_are_readable_from_slots(bot: Any) -> None:
+    emu = bot.emulator
+    details: Dict[str, Any] = json.loads((FIXTURES / "chatlayer_channel_details.json").read_text())
+    started = await emu.start_conversation(
+        contact_profile=details["contactProfile"],
+        contact_attributes=details["contactAttributes"],
+        medium=details["medium"],
+        channel={"id": details["channelId"], "name": "Twitter DM"},
+    )
+    cid = started.conversation_id
+    await emu.wait_for_bot_messages(cid, 1)
+    # an inbound message does not repeat the profile; the slots still hold it after
+    await say_and_wait(emu, cid, "what are your opening hours?")
+    slots = (await get_tracker(bot.rasa.url, cid))["slots"]
+    profile = details["contactProfile"]
+    assert slots["sparkcentral_channel_id"] == details["channelId"]
+    assert slots["sparkcentral_channel_name"] == "Twitter DM"
+    assert slots["sparkcentral_medium"] == "twit"
+    assert slots["sparkcentral_contact_id"] == profile["id"]
+    assert slots["sparkcentral_primary_identifier"] == profile["primaryIdentifier"]
+    assert slots["sparkcentral_secondary_identifier"] == profile["secondaryIdentifier"]
+    assert slots["sparkcentral_picture_url"] == profile["pictureUrl"]
+    assert slots["sparkcentral_vip"] is True
+    assert slots["sparkcentral_contact_attributes"] == {
+        a["attribute"]: a["value"] for a in details["contactAttributes"]
+    }
+    whole = slots["sparkcentral_channel_details"]
+    assert whole["conversationId"] == cid
+    assert whole["medium"] == "twit"
+    assert whole["contactProfile"] == profile  # profileUrl passes through
+    assert whole["contactAttributes"] == details["contactAttributes"]
+
+
+async def test_slots_survive_a_rasa_restart(start_bot: Any, tmp_path: Path) -> None:
+    handle = await start_bot(
+        name="rasa-sqlite",
+        tracker_store={"type": "SQL", "dialect": "sqlite", "db": str(tmp_path / "trackers.db")},
+    )
+    emu = handle.emulator
+    started = await emu.start_conversation(name="Anna", vip=True, language="de-DE")
+    cid = started.conversation_id
+    vip_greeting = response_text("utter_greet_vip", sparkcentral_primary_identifier="Anna")
+    assert await emu.wait_for_bot_messages(cid, 1) == [vip_greeting]
+    await say_and_wait(emu, cid, "what are your opening hours?")
+
+    await handle.restart()
+
+    assert await say_and_wait(emu, cid, "hi") == [vip_greeting]
+    assert await say_and_wait(emu, cid, "what language am I using?") == [
+        "Your browser language is de-DE."
+    ]
+    slots = (await get_tracker(handle.url, cid))["slots"]
+    assert slots["sparkcentral_vip"] is True
+    assert slots["sparkcentral_primary_identifier"] == "Anna"
+
+
+async def test_reassignment_refreshes_the_details(bot: Any) -> None:
+    emu = bot.emulator
+    started = await emu.start_conversation(name="Anna", vip=True)
+    cid = started.conversation_id
+    await emu.wait_for_bot_messages(cid, 1)
+    await say_and_wait(emu, cid, "I want to talk to a person")
+    await emu.wait_for_queue(cid, "new")
+    # the contact lost VIP status and changed name while with the human agent
+    profile = dict(emu.conversations[cid].contact_profile, vip=False, primaryIdentifier="Ann")
+    emu.conversations[cid].contact_profile = profile
+    before = len(emu.bot_texts(cid))
+    await emu.hand_back(cid)
+    texts = await emu.wait_for_bot_messages(cid, before + 1)
+    assert texts[before:] == [response_text("utter_greet")]
+    slots = (await get_tracker(bot.rasa.url, cid))["slots"]
+    assert slots["sparkcentral_vip"] is False
+    assert slots["sparkcentral_primary_identifier"] == "Ann"
