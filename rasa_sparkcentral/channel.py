@@ -161,8 +161,9 @@ class SparkcentralInput(InputChannel):
 
         async def job() -> None:
             try:
-                for message in await self._messages_for(event, metadata, output, agent):
-                    await on_new_message(message)
+                async with self._turn_slot():
+                    for message in await self._messages_for(event, metadata, output, agent):
+                        await on_new_message(message)
             except Exception:
                 logger.exception(
                     "Rasa failed to handle %s for conversation %s",
@@ -281,6 +282,14 @@ class SparkcentralInput(InputChannel):
         return answer
 
     # -- per-conversation order -----------------------------------------------------------
+
+    def _turn_slot(self) -> asyncio.Semaphore:
+        """Bounds the turns Rasa works on at once. Rasa's NLU and policies run on the
+        event loop that also answers webhooks: fewer turns in flight keep the
+        acknowledgement fast without costing throughput."""
+        if self._turn_slots is None:
+            self._turn_slots = asyncio.Semaphore(self.settings.max_concurrent_turns)
+        return self._turn_slots
 
     def _enqueue(self, conversation_id: str, job: Job) -> None:
         """Run ``job`` after every job queued before it for the same conversation."""

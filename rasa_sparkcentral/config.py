@@ -44,6 +44,7 @@ class Settings:
     backoff_base: float = 0.25
     backoff_max: float = 10.0
     max_connections: int = 20
+    max_concurrent_turns: int = 8
     image_max_bytes: int = 10 * 1024 * 1024
     image_timeout: float = 10.0
 
@@ -138,6 +139,7 @@ class Settings:
             backoff_base=_number(creds, "backoff_base", 0.25, low=0.0),
             backoff_max=_number(creds, "backoff_max", 10.0, low=0.0),
             max_connections=int(_number(creds, "max_connections", 20, low=1)),
+            max_concurrent_turns=int(_number(creds, "max_concurrent_turns", 8, low=1)),
             image_max_bytes=int(_number(creds, "image_max_bytes", 10 * 1024 * 1024, low=1)),
             image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
         )

@@ -295,9 +295,6 @@ class ManagedProcess:
                 except subprocess.TimeoutExpired:
                     self._signal_group(proc, signal.SIGKILL)
                     proc.wait()
-            else:
-                # The leader is gone; don't leave children of its group behind.
-                self._signal_group(proc, signal.SIGKILL)
             code = proc.returncode
         _RUNNING.discard(self)
         self._close_log()

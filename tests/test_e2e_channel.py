@@ -49,7 +49,7 @@ async def test_conversation_replies_arrive_in_order_over_rest(bot: Any) -> None:
     assert await say_and_wait(emu, cid, "bye") == [response_text("utter_goodbye")]
     assert emu.bot_texts(cid) == [GREETING, HOURS, SHIPPING, response_text("utter_goodbye")]
     # every reply came over REST, with a Bearer token, and the webhook answers were empty
-    posts = [c for c in emu.calls_to(CONVERSATION_PATH + cid, "POST")]
+    posts = emu.calls_to(CONVERSATION_PATH + cid, "POST")
     assert posts and all(c.status == 200 for c in posts)
     assert {c.headers["Authorization"].split(" ")[0] for c in posts} == {"Bearer"}
     assert emu.webhook_answers_for(cid) == []
