@@ -87,6 +87,7 @@ class SparkcentralInput(InputChannel):
         )
         self._queues: Dict[str, Deque[Job]] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
+        self._turn_slots: Optional[asyncio.Semaphore] = None
 
     # -- Rasa's InputChannel API --------------------------------------------------------
 
