@@ -50,9 +50,9 @@ $(STAMPS)/venv:
 
 install: $(STAMPS)/install
 
-$(STAMPS)/install: $(STAMPS)/venv setup.cfg pyproject.toml
+$(STAMPS)/install: $(STAMPS)/venv setup.cfg pyproject.toml scripts/constraints.txt
 	$(PY) -m pip install -q 'pip>=21.3'
-	$(PY) -m pip install -q -e '.[rasa,redis,dev]'
+	$(PY) -m pip install -q -c scripts/constraints.txt -e '.[rasa,redis,dev]'
 	$(PY) -m pip check
 	@touch $@
 

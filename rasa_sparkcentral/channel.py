@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from rasa.core.channels.channel import InputChannel, UserMessage
+from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.exceptions import RasaException
 from sanic import Blueprint, response
 from sanic.request import Request
@@ -151,7 +152,7 @@ class SparkcentralInput(InputChannel):
             )
             return response.json({})
 
-        details = await self._details_for(event)
+        details, known = await self._details_for(event)
         metadata = {METADATA_KEY: details.to_dict()}
         request.ctx.sparkcentral_metadata = metadata
         agent = getattr(request.app.ctx, "agent", None)
@@ -163,7 +164,8 @@ class SparkcentralInput(InputChannel):
         async def job() -> None:
             try:
                 async with self._turn_slot():
-                    for message in await self._messages_for(event, metadata, output, agent):
+                    messages = await self._messages_for(event, metadata, output, agent, known)
+                    for message in messages:
                         await on_new_message(message)
             except Exception:
                 logger.exception(
@@ -180,15 +182,17 @@ class SparkcentralInput(InputChannel):
             return response.json({})
         return response.json(await self._answer(event.conversation_id, done, collector, output))
 
-    async def _details_for(self, event: Event) -> ChannelDetails:
+    async def _details_for(self, event: Event) -> Tuple[ChannelDetails, bool]:
+        """The conversation's channel details, and whether the channel state knew the
+        conversation already (False after a restart without Redis, say)."""
         if event.type in ASSIGNMENT_EVENTS:
             details = ChannelDetails.from_event(event)
             await self.state.save_details(event.conversation_id, details.to_dict())
-            return details
+            return details, True
         stored = await self.state.load_details(event.conversation_id)
         if stored:
-            return ChannelDetails.from_dict(stored)
-        return ChannelDetails(conversation_id=event.conversation_id)
+            return ChannelDetails.from_dict(stored), True
+        return ChannelDetails(conversation_id=event.conversation_id), False
 
     async def _messages_for(
         self,
@@ -196,6 +200,7 @@ class SparkcentralInput(InputChannel):
         metadata: Dict[str, Any],
         output: SparkcentralOutput,
         agent: Any,
+        known: bool,
     ) -> List[UserMessage]:
         """The messages one event becomes (built when its turn comes, so buttons shown by
         the previous turn are known)."""
@@ -225,6 +230,8 @@ class SparkcentralInput(InputChannel):
 
         text = event.text
         shown = await self.state.take_buttons(conversation_id)
+        if shown is None and not known:
+            shown = await buttons_from_tracker(agent, conversation_id)
         if shown:
             payload = button_list.match(text, shown)
             if payload is not None:
@@ -327,3 +334,34 @@ class SparkcentralInput(InputChannel):
         if self.client is not None:
             await self.client.close()
         await self.state.close()
+
+
+async def buttons_from_tracker(agent: Any, conversation_id: str) -> Optional[List[Dict[str, str]]]:
+    """The buttons of the bot's last message, read from Rasa's tracker store.
+
+    Used when the channel's own state does not know the conversation (a restart without
+    Redis): the tracker store is persistent, so numbered answers keep working.
+    """
+    tracker_store = getattr(agent, "tracker_store", None)
+    if tracker_store is None:
+        return None
+    try:
+        tracker = await tracker_store.retrieve(conversation_id)
+    except Exception:
+        logger.warning(
+            "Conversation %s: could not read the tracker to find the buttons last shown",
+            conversation_id,
+            exc_info=True,
+        )
+        return None
+    if tracker is None:
+        return None
+    for event in reversed(tracker.events):
+        if isinstance(event, UserUttered):
+            return None
+        if isinstance(event, BotUttered):
+            data = event.data or {}
+            shown = data.get("buttons") or data.get("quick_replies")
+            if shown:
+                return button_list.normalise(shown)
+    return None

@@ -95,6 +95,10 @@ def base_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
 # --------------------------------------------------------------------------- readiness
 
 
+# Loopback servers: never route the probe through an http_proxy from the environment.
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class HttpProbe:
     """Ready when ``GET url`` answers 200."""
 
@@ -107,7 +111,7 @@ class HttpProbe:
 
     def check(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url, timeout=self.request_timeout) as response:
+            with _NO_PROXY_OPENER.open(self.url, timeout=self.request_timeout) as response:
                 return int(response.status) == 200
         except (OSError, urllib.error.URLError, ValueError):
             return False

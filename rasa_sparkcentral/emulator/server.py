@@ -39,6 +39,7 @@ from aiohttp import web
 from rasa_sparkcentral.signature import SIGNATURE_HEADER, decode_secret, sign
 
 from .admin import add_admin_routes
+from .assets import add_asset_routes, default_assets
 from .contact import (
     ASSIGNMENT_EVENTS,
     EVENT_CONVERSATION_STARTED,
@@ -135,6 +136,8 @@ class SparkcentralEmulator:
         self.max_attachment_size = max_attachment_size
 
         self.faults = FaultPlan()
+        self.assets: Dict[str, Tuple[str, bytes]] = default_assets()
+        """Files served under /_emulator/assets/{name} (see emulator.assets)."""
         self.calls: List[RecordedCall] = []
         self.conversations: Dict[str, Conversation] = {}
         self.unknown_fields: List[UnknownField] = []
@@ -843,6 +846,7 @@ class SparkcentralEmulator:
         app.router.add_post(CONVERSATION_PATH, self._handle_conversation)
         app.router.add_put(ATTACHMENT_PATH, self._handle_attachment)
         add_admin_routes(app, self)
+        add_asset_routes(app, self)
         return app
 
     def _recording_middleware(self) -> Any:
