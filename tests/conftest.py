@@ -36,7 +36,15 @@ MODEL_PATH = BOT_DIR / "models" / "example_bot.tar.gz"
 MODEL_INPUTS = ("config.yml", "domain.yml", "data")
 
 SERVER_FIXTURES = frozenset(
-    {"trained_model", "action_server", "redis_server", "start_bot", "bot", "server_logs"}
+    {
+        "trained_model",
+        "action_server",
+        "asset_host",
+        "redis_server",
+        "start_bot",
+        "bot",
+        "server_logs",
+    }
 )
 
 # Every process the fixtures started, for failure reports.
@@ -120,10 +128,28 @@ def trained_model(server_logs: Path) -> Path:
     return MODEL_PATH
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def asset_host() -> AsyncIterator[SparkcentralEmulator]:
+    """Hosts the images the example bot links to (``asset_host.assets``; remove one to
+    make its URL answer 404). An emulator used only as a file server."""
+    host = SparkcentralEmulator()
+    await host.start(host="127.0.0.1", port=0)
+    try:
+        yield host
+    finally:
+        await host.stop()
+
+
 @pytest.fixture(scope="session")
-def action_server(server_logs: Path) -> Iterator[servers.ManagedProcess]:
-    """The example bot's action server (``python -m rasa_sdk --actions actions``)."""
-    process = servers.action_server(BOT_DIR, servers.free_port(), server_logs / "action-server.log")
+def action_server(
+    server_logs: Path, asset_host: SparkcentralEmulator
+) -> Iterator[servers.ManagedProcess]:
+    """The example bot's action server (``python -m rasa_sdk --actions actions``); its
+    logo image is served by ``asset_host``."""
+    env = {"EXAMPLE_BOT_LOGO_URL": f"{asset_host.base_url}/_emulator/assets/logo.png"}
+    process = servers.action_server(
+        BOT_DIR, servers.free_port(), server_logs / "action-server.log", env=env
+    )
     _STARTED.append(process)
     with process:
         yield process

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
 BROWSER_LANGUAGE_ATTRIBUTE = "smooch-rtm-browser-language"
+# Where the logo image lives: a CDN in real life; by default the emulator's asset URL.
+LOGO_URL_ENV = "EXAMPLE_BOT_LOGO_URL"
+DEFAULT_LOGO_URL = "http://127.0.0.1:8900/_emulator/assets/logo.png"
 FALLBACK_TEXT = "I can't tell which language you're using, but I'm happy to continue in English."
 
 
@@ -47,4 +51,21 @@ class ActionTellLanguage(Action):
             dispatcher.utter_message(text=f"Your browser language is {language}.")
         else:
             dispatcher.utter_message(text=FALLBACK_TEXT)
+        return []
+
+
+class ActionShowLogo(Action):
+    """Says utter_logo with the logo image: the channel uploads it as an attachment."""
+
+    def name(self) -> str:
+        return "action_show_logo"
+
+    async def run(
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        url = os.environ.get(LOGO_URL_ENV) or DEFAULT_LOGO_URL
+        dispatcher.utter_message(response="utter_logo", image=url)
         return []
