@@ -18,6 +18,7 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RASA_TELEMETRY_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 
 .PHONY: help venv install redis train lint test demo bench clean distclean
 
