@@ -161,7 +161,10 @@ class SparkcentralOutput(OutputChannel):
 
     async def send_attachment(self, recipient_id: str, attachment: Any, **kwargs: Any) -> None:
         if isinstance(attachment, dict):
-            url = attachment.get("url") or attachment.get("payload", {}).get("src")
+            payload = attachment.get("payload")
+            url = attachment.get("url") or (
+                payload.get("src") if isinstance(payload, dict) else None
+            )
         else:
             url = attachment
         if not isinstance(url, str) or not url:
