@@ -32,7 +32,7 @@ from rasa_sparkcentral.protocol import (
 )
 from rasa_sparkcentral.replies import merge_answer
 from rasa_sparkcentral.signature import SIGNATURE_HEADER, verify
-from rasa_sparkcentral.state import ChannelState, make_state
+from rasa_sparkcentral.state import ChannelState, MemoryState, make_state
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class SparkcentralInput(InputChannel):
         )
         self._queues: Dict[str, Deque[Job]] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
+        self._ticketing: Dict[str, asyncio.Future[None]] = {}
         self._turn_slots: Optional[asyncio.Semaphore] = None
 
     # -- Rasa's InputChannel API --------------------------------------------------------
@@ -141,46 +142,77 @@ class SparkcentralInput(InputChannel):
         except ProtocolError as e:
             logger.warning("Rejected a webhook: %s", e)
             return response.json({"error": str(e)}, status=400)
+        except RecursionError:  # json.loads gives up on very deeply nested documents
+            logger.warning("Rejected a webhook: body is nested too deeply")
+            return response.json({"error": "body is nested too deeply"}, status=400)
         if not event.known:
             logger.info("Ignored a webhook event of unknown type %r", event.type[:80])
             return response.json({})
+
+        agent = getattr(request.app.ctx, "agent", None)
+        collector = AnswerCollector() if self.settings.reply_mode == "webhook" else None
+        output = SparkcentralOutput(self.client, self.state, self.settings, collector)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        accepting = self._accept(event, on_new_message, output, agent, done)
+        if isinstance(self.state, MemoryState):
+            metadata = await accepting  # never suspends: nothing can interrupt it
+        else:
+            # Once the delivery is claimed its turn must be queued, even if the request
+            # is cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
+            metadata = await asyncio.shield(accepting)
+        if metadata is None:
+            return response.json({})
+        request.ctx.sparkcentral_metadata = metadata
+        if collector is None:
+            return response.json({})
+        return response.json(await self._answer(event.conversation_id, done, collector, output))
+
+    async def _accept(
+        self,
+        event: Event,
+        on_new_message: OnNewMessage,
+        output: SparkcentralOutput,
+        agent: Any,
+        done: asyncio.Future[None],
+    ) -> Optional[Dict[str, Any]]:
+        """Claim the delivery and queue its turn; return the metadata its messages carry
+        (None: a repeated delivery, ignored)."""
+        conversation_id = event.conversation_id
         if event.idempotency_key and not await self.state.claim_delivery(event.idempotency_key):
             logger.info(
                 "Ignored a repeated delivery %s for conversation %s",
                 event.idempotency_key,
-                event.conversation_id,
+                conversation_id,
             )
-            return response.json({})
-
+            return None
         details, known = await self._details_for(event)
         metadata = {METADATA_KEY: details.to_dict()}
-        request.ctx.sparkcentral_metadata = metadata
-        agent = getattr(request.app.ctx, "agent", None)
 
-        collector = AnswerCollector() if self.settings.reply_mode == "webhook" else None
-        output = SparkcentralOutput(self.client, self.state, self.settings, collector)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        def make_job(ticket: Optional[int]) -> Job:
+            async def job() -> None:
+                try:
+                    if ticket is not None:
+                        await self._wait_turn(conversation_id, ticket)
+                    async with self._turn_slot():
+                        messages = await self._messages_for(event, metadata, output, agent, known)
+                        for message in messages:
+                            await on_new_message(message)
+                except Exception:
+                    logger.exception(
+                        "Rasa failed to handle %s for conversation %s",
+                        event.type,
+                        conversation_id,
+                    )
+                finally:
+                    if ticket is not None:
+                        await self._finish_turn(conversation_id, ticket)
+                    if not done.done():
+                        done.set_result(None)
 
-        async def job() -> None:
-            try:
-                async with self._turn_slot():
-                    messages = await self._messages_for(event, metadata, output, agent, known)
-                    for message in messages:
-                        await on_new_message(message)
-            except Exception:
-                logger.exception(
-                    "Rasa failed to handle %s for conversation %s",
-                    event.type,
-                    event.conversation_id,
-                )
-            finally:
-                if not done.done():
-                    done.set_result(None)
+            return job
 
-        self._enqueue(event.conversation_id, job)
-        if collector is None:
-            return response.json({})
-        return response.json(await self._answer(event.conversation_id, done, collector, output))
+        await self._enqueue_in_turn(conversation_id, make_job)
+        return metadata
 
     async def _details_for(self, event: Event) -> Tuple[ChannelDetails, bool]:
         """The conversation's channel details, and whether the channel state knew the
@@ -298,6 +330,71 @@ class SparkcentralInput(InputChannel):
         if self._turn_slots is None:
             self._turn_slots = asyncio.Semaphore(self.settings.max_concurrent_turns)
         return self._turn_slots
+
+    async def _enqueue_in_turn(
+        self, conversation_id: str, make_job: Callable[[Optional[int]], Job]
+    ) -> None:
+        """Take the event's turn ticket and queue its job.
+
+        With Redis state the ticket orders the conversation's events across every
+        instance, in the order the webhooks were received. Here, one event at a time per
+        conversation takes its ticket and joins the queue, so that this instance's queue
+        and the tickets agree (a later ticket ahead of an earlier one would wait for it).
+        """
+        previous = self._ticketing.get(conversation_id)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ticketing[conversation_id] = mine
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            ticket: Optional[int] = None
+            try:
+                ticket = await self.state.take_turn(conversation_id)
+            except Exception as e:
+                logger.error(
+                    "Conversation %s: could not take a turn ticket from the shared state "
+                    "(%s); its order across instances is not guaranteed",
+                    conversation_id,
+                    type(e).__name__,
+                )
+            self._enqueue(conversation_id, make_job(ticket))
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if self._ticketing.get(conversation_id) is mine:
+                del self._ticketing[conversation_id]
+
+    async def _wait_turn(self, conversation_id: str, ticket: int) -> None:
+        """Wait until the conversation's earlier events (on any instance) are handled."""
+        timeout = self.settings.order_timeout
+        try:
+            in_turn = await self.state.wait_turn(conversation_id, ticket, timeout)
+        except Exception as e:
+            logger.error(
+                "Conversation %s: could not check the order of its messages (%s); going on",
+                conversation_id,
+                type(e).__name__,
+            )
+            return
+        if not in_turn:
+            logger.warning(
+                "Conversation %s: an earlier message was still not handled after %.0fs "
+                "(did an instance stop?); handling the next one",
+                conversation_id,
+                timeout,
+            )
+
+    async def _finish_turn(self, conversation_id: str, ticket: int) -> None:
+        try:
+            await self.state.finish_turn(conversation_id, ticket)
+        except Exception as e:
+            logger.error(
+                "Conversation %s: could not record a handled message in the shared state "
+                "(%s); its next message waits up to %.0fs",
+                conversation_id,
+                type(e).__name__,
+                self.settings.order_timeout,
+            )
 
     def _enqueue(self, conversation_id: str, job: Job) -> None:
         """Run ``job`` after every job queued before it for the same conversation."""

@@ -45,6 +45,7 @@ class Settings:
     backoff_max: float = 10.0
     max_connections: int = 20
     max_concurrent_turns: int = 8
+    order_timeout: float = 60.0
     image_max_bytes: int = 10 * 1024 * 1024
     image_timeout: float = 10.0
 
@@ -140,6 +141,7 @@ class Settings:
             backoff_max=_number(creds, "backoff_max", 10.0, low=0.0),
             max_connections=int(_number(creds, "max_connections", 20, low=1)),
             max_concurrent_turns=int(_number(creds, "max_concurrent_turns", 8, low=1)),
+            order_timeout=_number(creds, "order_timeout", 60.0, low=0.1),
             image_max_bytes=int(_number(creds, "image_max_bytes", 10 * 1024 * 1024, low=1)),
             image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
         )

@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+import weakref
 from types import TracebackType
 from typing import (
     Any,
@@ -27,6 +28,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Sequence,
     Set,
     Tuple,
     Type,
@@ -145,6 +147,11 @@ class SparkcentralEmulator:
         self.webhook_answer_errors: List[str] = []
         self.token_requests = 0
         """Tokens successfully issued."""
+        self.connections_opened = 0
+        """TCP connections that carried a request to the emulator (for connection-reuse
+        checks): counted when a connection's first request arrives."""
+
+        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
         self._tokens: Dict[str, Tuple[float, int]] = {}
         self._listeners: List[Listener] = []
@@ -239,10 +246,22 @@ class SparkcentralEmulator:
         self.webhook_deliveries.clear()
         self.webhook_answer_errors.clear()
         self.token_requests = 0
+        self.connections_opened = 0  # connections open now are not counted again
         cutoff = self.faults.token_cutoff
         self.faults = FaultPlan()
         self.faults.token_cutoff = cutoff
         self._notify()
+
+    @property
+    def connections_open(self) -> int:
+        """TCP connections to the emulator that are open right now."""
+        return sum(1 for transport in list(self._connections) if not transport.is_closing())
+
+    def _count_connection(self, request: web.Request) -> None:
+        transport = request.transport
+        if transport is not None and transport not in self._connections:
+            self._connections.add(transport)
+            self.connections_opened += 1
 
     # ------------------------------------------------------------------ listeners / waiting
     def add_listener(self, listener: Listener) -> None:
@@ -492,6 +511,7 @@ class SparkcentralEmulator:
         copies: int = 1,
         concurrent: bool = False,
         url: Optional[str] = None,
+        urls: Optional[Sequence[str]] = None,
     ) -> WebhookResult:
         """POST one signed event to the bot's webhook and apply a non-empty answer.
 
@@ -502,7 +522,10 @@ class SparkcentralEmulator:
 
         ``copies > 1`` sends the same bytes (same idempotencyKey) several times, one after
         the other or all at once (``concurrent``). The result of the first copy is returned;
-        ``result.results`` holds every copy's result in sending order.
+        ``result.results`` holds every copy's result in sending order. ``urls`` spreads
+        the copies over several webhook URLs in turn (copy ``i`` goes to
+        ``urls[i % len(urls)]``), as a load balancer in front of several bot instances
+        would; ``url`` (default ``webhook_url``) is used when it is not given.
 
         Assignment events (CONVERSATION_STARTED/DELEGATED) put the conversation in the
         "bot" queue (created if needed); INBOUND_MESSAGE_RECEIVED adds the contact's message
@@ -531,19 +554,20 @@ class SparkcentralEmulator:
             send_headers[SIGNATURE_HEADER] = self.sign(body)
         if headers:
             send_headers.update(headers)
-        target = url or self.webhook_url
+        targets = list(urls) if urls else [url or self.webhook_url]
 
-        async def one() -> WebhookResult:
+        async def one(copy: int) -> WebhookResult:
+            target = targets[copy % len(targets)]
             return await self._post_webhook(target, body, send_headers, key, event_type, cid)
 
         if copies == 1:
-            result = await one()
+            result = await one(0)
             result.results = [result]
             return result
         if concurrent:
-            results = list(await asyncio.gather(*(one() for _ in range(copies))))
+            results = list(await asyncio.gather(*(one(i) for i in range(copies))))
         else:
-            results = [await one() for _ in range(copies)]
+            results = [await one(i) for i in range(copies)]
         first = results[0]
         first.results = results
         return first
@@ -857,6 +881,7 @@ class SparkcentralEmulator:
             status = 500
             response_json: Any = None
             body = b""
+            emulator._count_connection(request)
             try:
                 body = await request.read()
                 response = await handler(request)
