@@ -204,10 +204,14 @@ class SparkcentralInput(InputChannel):
                         conversation_id,
                     )
                 finally:
-                    if ticket is not None:
-                        await self._finish_turn(conversation_id, ticket)
                     if not done.done():
                         done.set_result(None)
+                try:
+                    if output.collector is not None:
+                        await self._send_rest_of_answer(conversation_id, output)
+                finally:
+                    if ticket is not None:
+                        await self._finish_turn(conversation_id, ticket)
 
             return job
 
@@ -306,20 +310,28 @@ class SparkcentralInput(InputChannel):
                 conversation_id,
                 self.settings.webhook_timeout,
             )
-        collector.closed = True
         answer, rest = merge_answer(
             collector.bodies,
             can_use_rest=self.client is not None,
             allow_successor_fields=self.settings.allow_successor_fields,
         )
-        if rest:
-
-            async def send_rest() -> None:
-                for body in rest:
-                    await output.deliver(conversation_id, body)
-
-            self._enqueue(conversation_id, send_rest)
+        collector.close(rest)
         return answer
+
+    async def _send_rest_of_answer(self, conversation_id: str, output: SparkcentralOutput) -> None:
+        """After a turn in webhook mode: once the webhook is answered, send what the answer
+        could not carry, before the conversation's next turn."""
+        collector = output.collector
+        assert collector is not None
+        try:
+            await asyncio.wait_for(
+                collector.answered.wait(), timeout=self.settings.webhook_timeout + 1.0
+            )
+        except asyncio.TimeoutError:
+            # the webhook request went away before it was answered: everything goes over REST
+            if not collector.closed:
+                collector.close(list(collector.bodies))
+        await output.flush(conversation_id)
 
     # -- per-conversation order -----------------------------------------------------------
 

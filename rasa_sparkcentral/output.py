@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import mimetypes
@@ -24,11 +25,21 @@ CHANNEL_NAME = "sparkcentral"
 
 
 class AnswerCollector:
-    """In webhook reply mode, holds the bot's actions until the webhook is answered."""
+    """In webhook reply mode, holds the bot's actions until the webhook is answered.
+
+    ``bodies``: what the turn produced before the answer; ``pending``: what the answer
+    could not carry, sent over REST before anything the turn produces later."""
 
     def __init__(self) -> None:
         self.bodies: List[Dict[str, Any]] = []
+        self.pending: List[Dict[str, Any]] = []
         self.closed = False
+        self.answered = asyncio.Event()
+
+    def close(self, pending: List[Dict[str, Any]]) -> None:
+        self.closed = True
+        self.pending = pending
+        self.answered.set()
 
 
 class SparkcentralOutput(OutputChannel):
@@ -59,9 +70,19 @@ class SparkcentralOutput(OutputChannel):
         """Hand one conversation action to Sparkcentral (or to the webhook answer)."""
         if not body:
             return
-        if self.collector is not None and not self.collector.closed:
-            self.collector.bodies.append(body)
-            return
+        if self.collector is not None:
+            if not self.collector.closed:
+                self.collector.bodies.append(body)
+                return
+            await self.flush(recipient_id)
+        await self._send(recipient_id, body)
+
+    async def flush(self, recipient_id: str) -> None:
+        """Send what the webhook answer could not carry (webhook reply mode)."""
+        while self.collector is not None and self.collector.pending:
+            await self._send(recipient_id, self.collector.pending.pop(0))
+
+    async def _send(self, recipient_id: str, body: Dict[str, Any]) -> None:
         if self.client is None:
             logger.error(
                 "Conversation %s: the webhook was already answered and no API keys are "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.helpers import response_text
@@ -28,6 +29,25 @@ async def test_answer_carries_the_reply_and_the_handover(start_bot: Any) -> None
     # nothing needed the REST API
     assert emu.calls_to(CONVERSATION_PATH + cid) == []
     assert emu.token_requests == 0
+
+
+async def test_what_the_answer_cannot_carry_comes_before_the_next_turn(start_bot: Any) -> None:
+    handle = await start_bot(name="rasa-webhook-order", reply_mode="webhook")
+    emu = handle.emulator
+    started = await emu.start_conversation()
+    cid = started.conversation_id
+    # two turns in flight: the logo turn has two messages, the answer carries one
+    logo, hours = await asyncio.gather(
+        emu.contact_says(cid, "show me your logo"),
+        emu.contact_says(cid, "what are your opening hours?"),
+    )
+    assert logo.json == {"sendMessage": {"text": response_text("utter_logo")}}
+    assert hours.json == {"sendMessage": {"text": response_text("utter_opening_hours")}}
+    await emu.wait_for(lambda: len(emu.actions_for(cid)) >= 4)
+    sent = [a["sendMessage"] for a in emu.actions_for(cid)]
+    assert sent[1] == {"text": response_text("utter_logo")}
+    assert set(sent[2]) == {"attachment"}  # over REST, before the next turn's answer
+    assert sent[3] == {"text": response_text("utter_opening_hours")}
 
 
 async def test_without_api_keys_everything_fits_in_the_answer(start_bot: Any) -> None:
