@@ -79,6 +79,8 @@ def parse_event(body: bytes) -> Event:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("body is not valid JSON") from None
+    except RecursionError:  # json.loads gives up on very deeply nested documents
+        raise ProtocolError("body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ProtocolError("body is not a JSON object")
     event_type = payload.get("type")

@@ -86,6 +86,7 @@ def test_unknown_event_type_parses_without_conversation() -> None:
         _bytes({"type": "CONVERSATION_STARTED", "data": []}),
         _bytes({"type": "INBOUND_MESSAGE_RECEIVED", "data": {"conversationId": "c", "message": 3}}),
         _bytes({"type": "X", "idempotencyKey": 5, "data": {}}),
+        b"[" * 100_000 + b"]" * 100_000,
     ],
 )
 def test_malformed_bodies(raw: bytes) -> None:
