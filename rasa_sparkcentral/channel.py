@@ -19,6 +19,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from rasa_sparkcentral import buttons as button_list
+from rasa_sparkcentral.acceptor import WebhookAcceptor
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import ConfigError, Settings
 from rasa_sparkcentral.output import CHANNEL_NAME, AnswerCollector, SparkcentralOutput
@@ -27,11 +28,10 @@ from rasa_sparkcentral.protocol import (
     METADATA_KEY,
     ChannelDetails,
     Event,
-    ProtocolError,
-    parse_event,
 )
 from rasa_sparkcentral.replies import merge_answer
-from rasa_sparkcentral.signature import SIGNATURE_HEADER, verify
+from rasa_sparkcentral.screening import screen
+from rasa_sparkcentral.signature import SIGNATURE_HEADER
 from rasa_sparkcentral.state import ChannelState, MemoryState, make_state
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class SparkcentralInput(InputChannel):
         self._tasks: Set[asyncio.Task[None]] = set()
         self._ticketing: Dict[str, asyncio.Future[None]] = {}
         self._turn_slots: Optional[asyncio.Semaphore] = None
+        self._acceptor: Optional[WebhookAcceptor] = None
 
     # -- Rasa's InputChannel API --------------------------------------------------------
 
@@ -115,38 +116,60 @@ class SparkcentralInput(InputChannel):
         async def receive(request: Request) -> HTTPResponse:
             return await self.handle_webhook(request, on_new_message)
 
+        @webhook.listener("before_server_start")
+        async def start_acceptor(app: Any, loop: Any) -> None:
+            if self.settings.webhook_port:
+                self._start_acceptor(app, on_new_message)
+
         @webhook.listener("after_server_stop")
         async def close(app: Any, loop: Any) -> None:
+            if self._acceptor is not None:
+                self._acceptor.stop()
             await self.aclose()
 
         return webhook
 
+    def _start_acceptor(self, app: Any, on_new_message: OnNewMessage) -> None:
+        """Serve the webhook on ``webhook_port`` too, answered on its own thread."""
+        loop = asyncio.get_running_loop()
+
+        def hand_off(event: Event) -> None:
+            # runs on the acceptor's thread: schedule, in arrival order, on Rasa's loop
+            agent = getattr(app.ctx, "agent", None)
+            loop.call_soon_threadsafe(self._dispatch_soon, event, on_new_message, agent)
+
+        port = self.settings.webhook_port
+        assert port is not None
+        self._acceptor = WebhookAcceptor(self.settings, self.settings.webhook_host, port, hand_off)
+        self._acceptor.start()
+
+    def _dispatch_soon(self, event: Event, on_new_message: OnNewMessage, agent: Any) -> None:
+        async def accept() -> None:
+            await self.dispatch(event, on_new_message, agent)
+
+        task = asyncio.create_task(accept())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- the webhook ------------------------------------------------------------------
 
     async def handle_webhook(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
-        body = request.body or b""
-        if len(body) > self.settings.max_body_bytes:
-            logger.warning(
-                "Rejected a webhook of %d bytes (limit %d)", len(body), self.settings.max_body_bytes
-            )
-            return response.json({"error": "request body too large"}, status=413)
-        if not verify(self.settings.shared_secret, body, request.headers.get(SIGNATURE_HEADER)):
-            logger.warning(
-                "Rejected a webhook from %s: missing or invalid %s",
-                request.ip,
-                SIGNATURE_HEADER,
-            )
-            return response.json({"error": "invalid signature"}, status=401)
-        try:
-            event = parse_event(body)
-        except ProtocolError as e:
-            logger.warning("Rejected a webhook: %s", e)
-            return response.json({"error": str(e)}, status=400)
-        if not event.known:
-            logger.info("Ignored a webhook event of unknown type %r", event.type[:80])
-            return response.json({})
-
+        screened = screen(
+            self.settings, request.body or b"", request.headers.get(SIGNATURE_HEADER), request.ip
+        )
+        if screened.event is None:
+            return response.json(screened.answer, status=screened.status)
+        event = screened.event
         agent = getattr(request.app.ctx, "agent", None)
+        answer, metadata = await self.dispatch(event, on_new_message, agent)
+        request.ctx.sparkcentral_metadata = metadata
+        return response.json(answer)
+
+    async def dispatch(
+        self, event: Event, on_new_message: OnNewMessage, agent: Any
+    ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+        """Queue an accepted event's turn; return the webhook answer and the metadata its
+        messages carry (None for a repeated delivery)."""
         collector = AnswerCollector() if self.settings.reply_mode == "webhook" else None
         output = SparkcentralOutput(self.client, self.state, self.settings, collector)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -157,12 +180,9 @@ class SparkcentralInput(InputChannel):
             # Once the delivery is claimed its turn must be queued, even if the request
             # is cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
             metadata = await asyncio.shield(accepting)
-        if metadata is None:
-            return response.json({})
-        request.ctx.sparkcentral_metadata = metadata
-        if collector is None:
-            return response.json({})
-        return response.json(await self._answer(event.conversation_id, done, collector, output))
+        if metadata is None or collector is None:
+            return {}, metadata
+        return await self._answer(event.conversation_id, done, collector, output), metadata
 
     async def _accept(
         self,

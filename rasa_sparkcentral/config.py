@@ -46,6 +46,8 @@ class Settings:
     max_connections: int = 20
     max_concurrent_turns: int = 8
     order_timeout: float = 60.0
+    webhook_port: Optional[int] = None
+    webhook_host: str = "0.0.0.0"
     image_max_bytes: int = 10 * 1024 * 1024
     image_timeout: float = 10.0
 
@@ -110,6 +112,15 @@ class Settings:
         if start_intent is not None:
             start_intent = start_intent.lstrip("/")
 
+        webhook_port: Optional[int] = None
+        if creds.get("webhook_port") not in (None, ""):
+            webhook_port = int(_number(creds, "webhook_port", 0, low=1, high=65535))
+            if reply_mode == "webhook":
+                raise ConfigError(
+                    f"{CREDENTIALS_KEY}: 'webhook_port' answers webhooks at once, so it "
+                    "needs reply_mode 'rest'"
+                )
+
         intent_topics = creds.get("intent_topics", False)
         if intent_topics is None:
             intent_topics = False
@@ -142,6 +153,8 @@ class Settings:
             max_connections=int(_number(creds, "max_connections", 20, low=1)),
             max_concurrent_turns=int(_number(creds, "max_concurrent_turns", 8, low=1)),
             order_timeout=_number(creds, "order_timeout", 60.0, low=0.1),
+            webhook_port=webhook_port,
+            webhook_host=_text(creds, "webhook_host") or "0.0.0.0",
             image_max_bytes=int(_number(creds, "image_max_bytes", 10 * 1024 * 1024, low=1)),
             image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
         )

@@ -67,3 +67,13 @@ def test_start_intent_can_be_disabled() -> None:
         ).conversation_started_intent
         == "hello"
     )
+
+
+def test_webhook_port() -> None:
+    settings = Settings.from_credentials({**GOOD, "webhook_port": "5006"})
+    assert settings.webhook_port == 5006 and settings.webhook_host == "0.0.0.0"
+    assert Settings.from_credentials(GOOD).webhook_port is None
+    with pytest.raises(ConfigError, match="'webhook_port'"):
+        Settings.from_credentials({**GOOD, "webhook_port": 5006, "reply_mode": "webhook"})
+    with pytest.raises(ConfigError, match="'webhook_port'"):
+        Settings.from_credentials({**GOOD, "webhook_port": 70000})
