@@ -100,14 +100,22 @@ def post(
         elif "content-length" not in names:
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders()
-        if chunked:
-            for start in range(0, len(body), 7):
-                piece = body[start : start + 7]
-                connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            connection.send(b"0\r\n\r\n")
-        else:
-            connection.send(body)
-        response = connection.getresponse()
+        try:
+            if chunked:
+                for start in range(0, len(body), 7):
+                    piece = body[start : start + 7]
+                    connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                connection.send(b"0\r\n\r\n")
+            else:
+                connection.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # the server refused the request before reading it all (headers over its
+            # limit): read its answer if it sent one
+            pass
+        try:
+            response = connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            return 0, b"connection closed by the server without an answer"
         return response.status, response.read()
     finally:
         connection.close()
