@@ -70,8 +70,12 @@ class SparkcentralClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # keep idle connections for a minute (aiohttp's default is 15 s): a bot that
+            # is quiet for a few seconds should not pay for new TLS handshakes
             connector = aiohttp.TCPConnector(
-                limit=self._settings.max_connections, enable_cleanup_closed=True
+                limit=self._settings.max_connections,
+                keepalive_timeout=60.0,
+                enable_cleanup_closed=True,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
