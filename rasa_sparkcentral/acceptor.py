@@ -16,14 +16,16 @@ from typing import Callable, Optional
 from aiohttp import web
 
 from rasa_sparkcentral.config import Settings
-from rasa_sparkcentral.protocol import Event
+from rasa_sparkcentral.protocol import (
+    CHANNEL_NAME,
+    HEALTH_PATH,
+    SIGNATURE_HEADER,
+    WEBHOOK_PATH,
+    Event,
+)
 from rasa_sparkcentral.screening import screen
-from rasa_sparkcentral.signature import SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
-
-WEBHOOK_PATH = "/webhooks/sparkcentral/webhook"
-HEALTH_PATH = "/webhooks/sparkcentral/"
 
 
 class WebhookAcceptor:
@@ -103,7 +105,7 @@ class WebhookAcceptor:
             await runner.cleanup()
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "channel": "sparkcentral"})
+        return web.json_response({"status": "ok", "channel": CHANNEL_NAME})
 
     async def _receive(self, request: web.Request) -> web.Response:
         try:

@@ -27,6 +27,8 @@ from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActionExecuted, ConversationPaused, EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
+from rasa_sparkcentral.protocol import METADATA_KEY
+
 __all__ = [
     "ActionHandoffToSparkcentral",
     "ActionResolveConversation",
@@ -34,7 +36,6 @@ __all__ = [
     "channel_details_slots",
 ]
 
-METADATA_KEY = "sparkcentral"
 TOPICS_SLOT = "sparkcentral_handoff_topics"
 TOPICS_ENV = "SPARKCENTRAL_HANDOFF_TOPICS"
 ACTION_LISTEN = "action_listen"

@@ -22,16 +22,17 @@ from rasa_sparkcentral import buttons as button_list
 from rasa_sparkcentral.acceptor import WebhookAcceptor
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import ConfigError, Settings
-from rasa_sparkcentral.output import CHANNEL_NAME, AnswerCollector, SparkcentralOutput
+from rasa_sparkcentral.output import AnswerCollector, SparkcentralOutput
 from rasa_sparkcentral.protocol import (
     ASSIGNMENT_EVENTS,
+    CHANNEL_NAME,
     METADATA_KEY,
+    SIGNATURE_HEADER,
     ChannelDetails,
     Event,
 )
 from rasa_sparkcentral.replies import merge_answer
 from rasa_sparkcentral.screening import screen
-from rasa_sparkcentral.signature import SIGNATURE_HEADER
 from rasa_sparkcentral.state import ChannelState, MemoryState, make_state
 
 logger = logging.getLogger(__name__)

@@ -16,12 +16,15 @@ from rasa.core.channels.channel import OutputChannel
 from rasa_sparkcentral import buttons as button_list
 from rasa_sparkcentral.client import Outcome, SparkcentralClient
 from rasa_sparkcentral.config import Settings
-from rasa_sparkcentral.protocol import ACTION_FIELDS, SUCCESSOR_FIELDS, action_from_custom
+from rasa_sparkcentral.protocol import (
+    ACTION_FIELDS,
+    CHANNEL_NAME,
+    SUCCESSOR_FIELDS,
+    action_from_custom,
+)
 from rasa_sparkcentral.state import ChannelState
 
 logger = logging.getLogger(__name__)
-
-CHANNEL_NAME = "sparkcentral"
 
 
 class AnswerCollector:

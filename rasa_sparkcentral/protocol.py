@@ -10,6 +10,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
+# -- where the channel lives: the one home of every name a bot, a test or the emulator uses
+
+#: The key of the channel in a bot's ``credentials.yml``.
+CREDENTIALS_KEY = "rasa_sparkcentral.SparkcentralInput"
+#: ``InputChannel.name()``: the URL prefix ``/webhooks/sparkcentral/`` and ``input_channel``.
+CHANNEL_NAME = "sparkcentral"
+#: Rasa serves a channel's blueprint under ``/webhooks/<name>``.
+HEALTH_PATH = f"/webhooks/{CHANNEL_NAME}/"
+WEBHOOK_PATH = f"/webhooks/{CHANNEL_NAME}/webhook"
+#: The header classic Sparkcentral signs webhooks with.
+SIGNATURE_HEADER = "X-Sparkcentral-Signature"
+
+# -- events
+
 CONVERSATION_STARTED = "CONVERSATION_STARTED"
 CONVERSATION_DELEGATED = "CONVERSATION_DELEGATED"
 INBOUND_MESSAGE_RECEIVED = "INBOUND_MESSAGE_RECEIVED"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from rasa_sparkcentral.config import Settings
-from rasa_sparkcentral.protocol import Event, ProtocolError, parse_event
-from rasa_sparkcentral.signature import SIGNATURE_HEADER, verify
+from rasa_sparkcentral.protocol import SIGNATURE_HEADER, Event, ProtocolError, parse_event
+from rasa_sparkcentral.signature import verify
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,8 @@ from typing import IO, Any, Optional, Union
 
 import aiohttp
 
+from rasa_sparkcentral.protocol import CREDENTIALS_KEY as CHANNEL_KEY
+
 __all__ = [
     "CHANNEL_KEY",
     "HttpProbe",
@@ -48,7 +50,6 @@ __all__ = [
     "write_endpoints",
 ]
 
-CHANNEL_KEY = "rasa_sparkcentral.SparkcentralInput"
 LOG_TAIL_LINES = 40
 LOOPBACK = "127.0.0.1"
 

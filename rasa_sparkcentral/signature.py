@@ -6,7 +6,9 @@ import binascii
 import hashlib
 import hmac
 
-SIGNATURE_HEADER = "X-Sparkcentral-Signature"
+from rasa_sparkcentral.protocol import SIGNATURE_HEADER
+
+__all__ = ["SIGNATURE_HEADER", "InvalidSecretError", "decode_secret", "sign", "verify"]
 
 
 class InvalidSecretError(ValueError):
