@@ -60,8 +60,9 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
-from rasa_sparkcentral import servers  # noqa: E402
-from rasa_sparkcentral.emulator import (  # noqa: E402
+from rasa_sparkcentral.signature import SIGNATURE_HEADER  # noqa: E402
+from rasa_sparkcentral.testing import processes as servers  # noqa: E402
+from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     EVENT_CONVERSATION_STARTED,
     EVENT_INBOUND_MESSAGE_RECEIVED,
     EmulatorEvent,
@@ -73,8 +74,7 @@ from rasa_sparkcentral.emulator import (  # noqa: E402
     encode_envelope,
     new_conversation_id,
 )
-from rasa_sparkcentral.emulator.models import SENDER_BOT  # noqa: E402
-from rasa_sparkcentral.signature import SIGNATURE_HEADER  # noqa: E402
+from rasa_sparkcentral.testing.emulator.models import SENDER_BOT  # noqa: E402
 
 BOT_DIR = REPO_ROOT / "example_bot"
 MODEL = BOT_DIR / "models" / "example_bot.tar.gz"

@@ -56,8 +56,8 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
-from rasa_sparkcentral import servers  # noqa: E402
-from rasa_sparkcentral.emulator import (  # noqa: E402
+from rasa_sparkcentral.testing import processes as servers  # noqa: E402
+from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     EmulatorEvent,
     SparkcentralEmulator,
     WebhookResult,

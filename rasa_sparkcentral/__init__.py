@@ -2,7 +2,7 @@
 
 ``rasa_sparkcentral.SparkcentralInput`` is the key to put in ``credentials.yml``.
 The channel classes are imported on first use, so that ``rasa_sparkcentral.actions``
-and ``rasa_sparkcentral.emulator`` work where only rasa_sdk (or only aiohttp) is
+and ``rasa_sparkcentral.testing.emulator`` work where only rasa_sdk (or only aiohttp) is
 installed, such as a separate action server image.
 """
 

@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from rasa_sparkcentral import servers  # noqa: E402
-from rasa_sparkcentral.emulator import (  # noqa: E402
+from rasa_sparkcentral.testing import processes as servers  # noqa: E402
+from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     QUEUE_NEW,
     EmulatorTimeout,
     SparkcentralEmulator,

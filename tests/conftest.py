@@ -2,8 +2,9 @@
 ``rasa run`` with the Sparkcentral channel, talking to an in-process emulator.
 
 Every test that uses one of them is marked ``e2e`` automatically (``-m e2e`` selects them,
-``-m "not e2e"`` skips them). Server logs live in one temporary directory; when such a
-test fails its report shows the log paths and the end of each log.
+``-m "not e2e"`` skips them). The classes they hand out live in ``tests/support.py``.
+Server logs live in one temporary directory; when such a test fails its report shows the
+log paths and the end of each log.
 
     async def test_greets(bot):
         emu = bot.emulator
@@ -19,20 +20,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
 import pytest_asyncio
 
-from rasa_sparkcentral import servers
-from rasa_sparkcentral.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing import processes
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
+from tests.support import BOT_DIR, MODEL_PATH, REPO_ROOT, Bot, BotStarter
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BOT_DIR = REPO_ROOT / "example_bot"
-MODEL_PATH = BOT_DIR / "models" / "example_bot.tar.gz"
 MODEL_INPUTS = ("config.yml", "domain.yml", "data")
 
 SERVER_FIXTURES = frozenset(
@@ -48,7 +45,7 @@ SERVER_FIXTURES = frozenset(
 )
 
 # Every process the fixtures started, for failure reports.
-_STARTED: list[servers.ManagedProcess] = []
+_STARTED: list[processes.ManagedProcess] = []
 
 
 # --------------------------------------------------------------------------- markers, reports
@@ -115,7 +112,7 @@ def trained_model(server_logs: Path) -> Path:
                     str(MODEL_PATH.parent),
                 ],
                 cwd=BOT_DIR,
-                env=servers.base_env(),
+                env=processes.base_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,12 +140,12 @@ async def asset_host() -> AsyncIterator[SparkcentralEmulator]:
 @pytest.fixture(scope="session")
 def action_server(
     server_logs: Path, asset_host: SparkcentralEmulator
-) -> Iterator[servers.ManagedProcess]:
+) -> Iterator[processes.ManagedProcess]:
     """The example bot's action server (``python -m rasa_sdk --actions actions``); its
     logo image is served by ``asset_host``."""
     env = {"EXAMPLE_BOT_LOGO_URL": f"{asset_host.base_url}/_emulator/assets/logo.png"}
-    process = servers.action_server(
-        BOT_DIR, servers.free_port(), server_logs / "action-server.log", env=env
+    process = processes.action_server(
+        BOT_DIR, processes.free_port(), server_logs / "action-server.log", env=env
     )
     _STARTED.append(process)
     with process:
@@ -156,10 +153,10 @@ def action_server(
 
 
 @pytest.fixture(scope="session")
-def redis_server(server_logs: Path) -> Iterator[servers.ManagedProcess]:
-    """A throw-away Redis on a free port (``.port``; see servers.redis_tracker_store)."""
-    port = servers.free_port()
-    process = servers.redis_server(port, server_logs / f"redis-{port}", server_logs / "redis.log")
+def redis_server(server_logs: Path) -> Iterator[processes.ManagedProcess]:
+    """A throw-away Redis on a free port (``.port``; see processes.redis_tracker_store)."""
+    port = processes.free_port()
+    process = processes.redis_server(port, server_logs / f"redis-{port}", server_logs / "redis.log")
     _STARTED.append(process)
     with process:
         yield process
@@ -168,153 +165,16 @@ def redis_server(server_logs: Path) -> Iterator[servers.ManagedProcess]:
 # --------------------------------------------------------------------------- rasa run
 
 
-@dataclass
-class RasaHandle:
-    """One ``rasa run`` with the Sparkcentral channel, and the emulator it talks to."""
-
-    process: servers.ManagedProcess
-    emulator: SparkcentralEmulator
-    credentials_path: Path
-    endpoints_path: Path
-
-    @property
-    def url(self) -> str:
-        assert self.process.url is not None
-        return self.process.url
-
-    @property
-    def port(self) -> int:
-        assert self.process.port is not None
-        return self.process.port
-
-    @property
-    def webhook_url(self) -> str:
-        return f"{self.url}/webhooks/sparkcentral/webhook"
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
-    @property
-    def running(self) -> bool:
-        return self.process.running
-
-    async def stop(self) -> None:
-        await self.process.stop_async()
-
-    async def restart(self, timeout: Optional[float] = None) -> None:
-        """Stop and start again on the same port, with the same files (a Rasa restart)."""
-        await self.process.restart_async(timeout=timeout)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-@dataclass
-class Bot:
-    """The default bot: ``.emulator`` (in-process Sparkcentral) and ``.rasa`` (RasaHandle)."""
-
-    emulator: SparkcentralEmulator
-    rasa: RasaHandle
-
-
-_DEFAULT: Any = object()
-
-
-@dataclass
-class BotStarter:
-    """``await start_bot(**channel_settings)`` starts ``rasa run`` (see ``__call__``)."""
-
-    model_path: Path
-    action_url: str
-    log_dir: Path
-    handles: list[RasaHandle] = field(default_factory=list)
-    own_emulators: list[SparkcentralEmulator] = field(default_factory=list)
-
-    async def new_emulator(self, **kwargs: Any) -> SparkcentralEmulator:
-        """A started emulator, stopped at the end of the session."""
-        emulator = SparkcentralEmulator(**kwargs)
-        await emulator.start(host="127.0.0.1", port=0)
-        self.own_emulators.append(emulator)
-        return emulator
-
-    async def __call__(
-        self,
-        *,
-        emulator: Optional[SparkcentralEmulator] = None,
-        tracker_store: Optional[Mapping[str, Any]] = None,
-        lock_store: Optional[Mapping[str, Any]] = None,
-        action_url: Optional[str] = _DEFAULT,
-        env: Optional[Mapping[str, str]] = None,
-        extra_args: Sequence[str] = (),
-        set_webhook: bool = True,
-        name: Optional[str] = None,
-        ready_timeout: float = 180.0,
-        **channel_settings: Any,
-    ) -> RasaHandle:
-        """Start ``rasa run`` with the example bot and return its handle.
-
-        ``emulator``: the Sparkcentral it talks to (default: a new one). Its base URL, API
-        keys and shared secret go into credentials; ``channel_settings`` add to or override
-        them (``client_id=None`` leaves a key out). With ``set_webhook`` the emulator's
-        webhook URL points at this instance afterwards. ``tracker_store``/``lock_store``
-        go into endpoints as they are; ``action_url=None`` runs without action server.
-        """
-        if emulator is None:
-            emulator = await self.new_emulator()
-        port = servers.free_port()
-        label = name or f"rasa-{port}"
-        files = self.log_dir / label
-        settings: dict[str, Any] = {
-            "base_url": emulator.base_url,
-            "shared_secret": emulator.shared_secret,
-            "client_id": emulator.client_id,
-            "client_secret": emulator.client_secret,
-        }
-        settings.update(channel_settings)
-        credentials = servers.write_credentials(files / "credentials.yml", **settings)
-        endpoints = servers.write_endpoints(
-            files / "endpoints.yml",
-            action_url=self.action_url if action_url is _DEFAULT else action_url,
-            tracker_store=tracker_store,
-            lock_store=lock_store,
-        )
-        process = servers.rasa_server(
-            BOT_DIR,
-            self.model_path,
-            port,
-            credentials,
-            endpoints,
-            self.log_dir / f"{label}.log",
-            extra_args=extra_args,
-            env=env,
-            ready_timeout=ready_timeout,
-        )
-        _STARTED.append(process)
-        handle = RasaHandle(process, emulator, credentials, endpoints)
-        self.handles.append(handle)
-        process.start()
-        await process.wait_ready_async()
-        if set_webhook:
-            emulator.webhook_url = handle.webhook_url
-        return handle
-
-    async def close(self) -> None:
-        for handle in self.handles:
-            await handle.stop()
-        for emulator in self.own_emulators:
-            await emulator.stop()
-
-
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def start_bot(
-    trained_model: Path, action_server: servers.ManagedProcess, server_logs: Path
+    trained_model: Path, action_server: processes.ManagedProcess, server_logs: Path
 ) -> AsyncIterator[BotStarter]:
     """Factory: ``handle = await start_bot(**channel_settings)``; all stopped at the end."""
     starter = BotStarter(
         model_path=trained_model,
         action_url=f"{action_server.url}/webhook",
         log_dir=server_logs,
+        on_start=_STARTED.append,
     )
     try:
         yield starter

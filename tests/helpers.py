@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import aiohttp
 
-from rasa_sparkcentral.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 
 
 async def get_tracker(

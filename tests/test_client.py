@@ -9,13 +9,13 @@ from aiohttp import web
 
 from rasa_sparkcentral.client import Outcome, SparkcentralClient
 from rasa_sparkcentral.config import Settings
-from rasa_sparkcentral.emulator import (
+from rasa_sparkcentral.testing.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_SHARED_SECRET,
     SparkcentralEmulator,
 )
-from rasa_sparkcentral.servers import free_port
+from rasa_sparkcentral.testing.processes import free_port
 
 CONVERSATION_PATH = "/virtual-agent/conversations/"
 

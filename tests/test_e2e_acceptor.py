@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import aiohttp
 
-from rasa_sparkcentral import servers
 from rasa_sparkcentral.signature import sign_with_secret
+from rasa_sparkcentral.testing import processes as servers
 from tests.helpers import compact, get_tracker, response_text, say_and_wait, user_texts
+from tests.support import BotStarter, RasaHandle
 
 
-async def _acceptor_bot(start_bot: Any) -> Any:
+async def _acceptor_bot(start_bot: BotStarter) -> RasaHandle:
     port = servers.free_port()
     handle = await start_bot(
         name="rasa-acceptor", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
@@ -21,7 +21,7 @@ async def _acceptor_bot(start_bot: Any) -> Any:
     return handle
 
 
-async def test_conversation_through_the_acceptor(start_bot: Any) -> None:
+async def test_conversation_through_the_acceptor(start_bot: BotStarter) -> None:
     handle = await _acceptor_bot(start_bot)
     emu = handle.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
@@ -57,7 +57,7 @@ async def test_conversation_through_the_acceptor(start_bot: Any) -> None:
     assert user_texts(tracker).count("thanks") == 1
 
 
-async def test_acceptor_rejects_bad_input_and_keeps_it_from_rasa(start_bot: Any) -> None:
+async def test_acceptor_rejects_bad_input_and_keeps_it_from_rasa(start_bot: BotStarter) -> None:
     handle = await _acceptor_bot(start_bot)
     emu = handle.emulator
     url = emu.webhook_url

@@ -12,9 +12,9 @@ from typing import Any, Dict, Optional
 import aiohttp
 import pytest
 
-from rasa_sparkcentral import servers
-from rasa_sparkcentral.emulator import DEFAULT_SHARED_SECRET
 from rasa_sparkcentral.signature import sign_with_secret
+from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing.emulator import DEFAULT_SHARED_SECRET
 from tests.helpers import (
     compact,
     get_tracker,
@@ -23,6 +23,7 @@ from tests.helpers import (
     settle,
     user_texts,
 )
+from tests.support import Bot
 
 GREETING = response_text("utter_greet")
 HOURS = response_text("utter_opening_hours")
@@ -30,7 +31,7 @@ SHIPPING = response_text("utter_shipping")
 CONVERSATION_PATH = "/virtual-agent/conversations/"
 
 
-async def test_health_check(bot: Any) -> None:
+async def test_health_check(bot: Bot) -> None:
     async with aiohttp.ClientSession() as session, session.get(
         f"{bot.rasa.url}/webhooks/sparkcentral/"
     ) as response:
@@ -38,7 +39,7 @@ async def test_health_check(bot: Any) -> None:
         assert (await response.json())["status"] == "ok"
 
 
-async def test_conversation_replies_arrive_in_order_over_rest(bot: Any) -> None:
+async def test_conversation_replies_arrive_in_order_over_rest(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(name="Johan")
     cid = started.conversation_id
@@ -60,7 +61,7 @@ async def test_conversation_replies_arrive_in_order_over_rest(bot: Any) -> None:
     await settle(emu, cid, quiet=0.3)
 
 
-async def test_parallel_conversations_keep_their_own_order(bot: Any) -> None:
+async def test_parallel_conversations_keep_their_own_order(bot: Bot) -> None:
     emu = bot.emulator
     ids = []
     for i in range(4):
@@ -78,7 +79,7 @@ async def test_parallel_conversations_keep_their_own_order(bot: Any) -> None:
         assert texts[2] == SHIPPING
 
 
-async def test_one_token_for_the_whole_run(bot: Any) -> None:
+async def test_one_token_for_the_whole_run(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation()
     await emu.wait_for_bot_messages(started.conversation_id, 1)
@@ -165,7 +166,7 @@ def _ascii_keyed(body: bytes) -> str:
         "unknown event type",
     ],
 )
-async def test_bad_input_is_rejected_and_reaches_nothing(bot: Any, case: str) -> None:
+async def test_bad_input_is_rejected_and_reaches_nothing(bot: Bot, case: str) -> None:
     emu = bot.emulator
     cid = f"bad-{uuid.uuid4().hex[:12]}"
     body, signature, status = _cases(cid)[case]
@@ -183,7 +184,7 @@ async def test_bad_input_is_rejected_and_reaches_nothing(bot: Any, case: str) ->
     assert emu.calls_to(CONVERSATION_PATH + cid) == []
 
 
-async def test_oversized_body_is_refused(bot: Any) -> None:
+async def test_oversized_body_is_refused(bot: Bot) -> None:
     cid = f"big-{uuid.uuid4().hex[:12]}"
     body = compact(_inbound(cid, "x" * 300_000))
     response = await _post(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from tests.helpers import get_tracker, response_text, say_and_wait, settle, user_texts
+from tests.support import Bot
 
 CONVERSATION_PATH = "/virtual-agent/conversations/"
 
 
-async def _handed_over(bot: Any) -> str:
+async def _handed_over(bot: Bot) -> str:
     emu = bot.emulator
     started = await emu.start_conversation(name="Marie")
     cid = started.conversation_id
@@ -21,7 +21,7 @@ async def _handed_over(bot: Any) -> str:
     return str(cid)
 
 
-async def test_handoff_says_goodbye_then_hands_over(bot: Any) -> None:
+async def test_handoff_says_goodbye_then_hands_over(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _handed_over(bot)
     actions = emu.actions_for(cid)
@@ -31,7 +31,7 @@ async def test_handoff_says_goodbye_then_hands_over(bot: Any) -> None:
     assert emu.conversations[cid].queue == "new"
 
 
-async def test_after_handoff_the_bot_stays_silent(bot: Any) -> None:
+async def test_after_handoff_the_bot_stays_silent(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _handed_over(bot)
     count = len(emu.actions_for(cid))
@@ -49,7 +49,7 @@ async def test_after_handoff_the_bot_stays_silent(bot: Any) -> None:
     assert "Traceback" not in log and " ERROR " not in log
 
 
-async def test_handed_back_conversation_starts_fresh(bot: Any) -> None:
+async def test_handed_back_conversation_starts_fresh(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _handed_over(bot)
     emu.agent_says(cid, "Hi Marie, this is Tom from support. All sorted, back to the bot!")
@@ -75,7 +75,7 @@ async def test_handed_back_conversation_starts_fresh(bot: Any) -> None:
     assert "I want to talk to a person" not in user_texts(tracker)
 
 
-async def test_delegated_conversation_is_treated_like_a_start(bot: Any) -> None:
+async def test_delegated_conversation_is_treated_like_a_start(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _handed_over(bot)
     before = len(emu.bot_texts(cid))
@@ -86,7 +86,7 @@ async def test_delegated_conversation_is_treated_like_a_start(bot: Any) -> None:
     assert emu.conversations[cid].queue == "bot"
 
 
-async def test_resolve_rule_ends_the_conversation(bot: Any) -> None:
+async def test_resolve_rule_ends_the_conversation(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation()
     cid = started.conversation_id
@@ -97,7 +97,7 @@ async def test_resolve_rule_ends_the_conversation(bot: Any) -> None:
     assert emu.actions_for(cid)[-1] == {"complete": "RESOLVED"}
 
 
-async def test_conversation_taken_by_an_agent_gets_one_info_log(bot: Any) -> None:
+async def test_conversation_taken_by_an_agent_gets_one_info_log(bot: Bot) -> None:
     """A human agent takes the conversation in the inbox while the bot still answers:
     Sparkcentral answers 404; the channel drops the reply without retry or error."""
     emu = bot.emulator

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List
 
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.helpers import get_tracker, response_text, say_and_wait
+from tests.support import Bot, BotStarter
 
 PLANS = response_text("utter_plans") + "\n1. Basic\n2. Pro\n3. Enterprise"
 
@@ -18,13 +20,13 @@ def intents(tracker: Any) -> List[str]:
     ]
 
 
-async def _conversation(emu: Any) -> str:
+async def _conversation(emu: SparkcentralEmulator) -> str:
     started = await emu.start_conversation()
     await emu.wait_for_bot_messages(started.conversation_id, 1)
     return str(started.conversation_id)
 
 
-async def test_buttons_are_numbered_and_answers_pick_them(bot: Any) -> None:
+async def test_buttons_are_numbered_and_answers_pick_them(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _conversation(emu)
     assert await say_and_wait(emu, cid, "which plan should I pick?") == [PLANS]
@@ -46,7 +48,7 @@ async def test_buttons_are_numbered_and_answers_pick_them(bot: Any) -> None:
     ]
 
 
-async def test_a_number_without_buttons_is_plain_text(bot: Any) -> None:
+async def test_a_number_without_buttons_is_plain_text(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _conversation(emu)
     await say_and_wait(emu, cid, "which plan should I pick?")
@@ -57,7 +59,9 @@ async def test_a_number_without_buttons_is_plain_text(bot: Any) -> None:
     assert user[-2:] == ["/plan_basic", "1"]
 
 
-async def test_image_is_uploaded_then_sent_by_filename(bot: Any, asset_host: Any) -> None:
+async def test_image_is_uploaded_then_sent_by_filename(
+    bot: Bot, asset_host: SparkcentralEmulator
+) -> None:
     emu = bot.emulator
     cid = await _conversation(emu)
     before = len(emu.actions_for(cid))
@@ -72,7 +76,9 @@ async def test_image_is_uploaded_then_sent_by_filename(bot: Any, asset_host: Any
     assert filename.startswith("logo-") and filename.endswith(".png")
 
 
-async def test_unreachable_image_falls_back_to_the_link(bot: Any, asset_host: Any) -> None:
+async def test_unreachable_image_falls_back_to_the_link(
+    bot: Bot, asset_host: SparkcentralEmulator
+) -> None:
     emu = bot.emulator
     cid = await _conversation(emu)
     logo = asset_host.assets.pop("logo.png")
@@ -89,7 +95,7 @@ async def test_unreachable_image_falls_back_to_the_link(bot: Any, asset_host: An
     )
 
 
-async def test_custom_json_response_applies_topics(bot: Any) -> None:
+async def test_custom_json_response_applies_topics(bot: Bot) -> None:
     emu = bot.emulator
     cid = await _conversation(emu)
     assert await say_and_wait(emu, cid, "I have a question about my invoice") == [
@@ -99,7 +105,7 @@ async def test_custom_json_response_applies_topics(bot: Any) -> None:
     assert {"applyTopics": ["billing"]} in emu.actions_for(cid)
 
 
-async def test_intent_topics_follow_the_predicted_intents(start_bot: Any) -> None:
+async def test_intent_topics_follow_the_predicted_intents(start_bot: BotStarter) -> None:
     handle = await start_bot(name="rasa-intent-topics", intent_topics=True)
     emu = handle.emulator
     cid = await _conversation(emu)
@@ -111,7 +117,7 @@ async def test_intent_topics_follow_the_predicted_intents(start_bot: Any) -> Non
     assert intents(tracker)[-2:] == ["ask_opening_hours", "ask_shipping"]
 
 
-async def test_buttons_survive_a_rasa_restart(start_bot: Any, tmp_path: Path) -> None:
+async def test_buttons_survive_a_rasa_restart(start_bot: BotStarter, tmp_path: Path) -> None:
     handle = await start_bot(
         name="rasa-buttons-sqlite",
         tracker_store={"type": "SQL", "dialect": "sqlite", "db": str(tmp_path / "t.db")},

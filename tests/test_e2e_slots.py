@@ -7,25 +7,26 @@ from pathlib import Path
 from typing import Any, Dict
 
 from tests.helpers import get_tracker, response_text, say_and_wait
+from tests.support import Bot, BotStarter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-async def test_vip_contact_gets_the_vip_greeting(bot: Any) -> None:
+async def test_vip_contact_gets_the_vip_greeting(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
     texts = await emu.wait_for_bot_messages(started.conversation_id, 1)
     assert texts == [response_text("utter_greet_vip", sparkcentral_primary_identifier="Anna")]
 
 
-async def test_regular_contact_gets_the_normal_greeting(bot: Any) -> None:
+async def test_regular_contact_gets_the_normal_greeting(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(name="Bert", vip=False)
     texts = await emu.wait_for_bot_messages(started.conversation_id, 1)
     assert texts == [response_text("utter_greet")]
 
 
-async def test_vip_path_holds_on_later_turns(bot: Any) -> None:
+async def test_vip_path_holds_on_later_turns(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
     cid = started.conversation_id
@@ -36,7 +37,7 @@ async def test_vip_path_holds_on_later_turns(bot: Any) -> None:
     ]
 
 
-async def test_response_uses_a_contact_attribute(bot: Any) -> None:
+async def test_response_uses_a_contact_attribute(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(language="fr-BE")
     cid = started.conversation_id
@@ -46,7 +47,7 @@ async def test_response_uses_a_contact_attribute(bot: Any) -> None:
     ]
 
 
-async def test_chatlayer_channel_details_are_readable_from_slots(bot: Any) -> None:
+async def test_chatlayer_channel_details_are_readable_from_slots(bot: Bot) -> None:
     emu = bot.emulator
     details: Dict[str, Any] = json.loads((FIXTURES / "chatlayer_channel_details.json").read_text())
     started = await emu.start_conversation(
@@ -79,7 +80,7 @@ async def test_chatlayer_channel_details_are_readable_from_slots(bot: Any) -> No
     assert whole["contactAttributes"] == details["contactAttributes"]
 
 
-async def test_slots_survive_a_rasa_restart(start_bot: Any, tmp_path: Path) -> None:
+async def test_slots_survive_a_rasa_restart(start_bot: BotStarter, tmp_path: Path) -> None:
     handle = await start_bot(
         name="rasa-sqlite",
         tracker_store={"type": "SQL", "dialect": "sqlite", "db": str(tmp_path / "trackers.db")},
@@ -102,7 +103,7 @@ async def test_slots_survive_a_rasa_restart(start_bot: Any, tmp_path: Path) -> N
     assert slots["sparkcentral_primary_identifier"] == "Anna"
 
 
-async def test_reassignment_refreshes_the_details(bot: Any) -> None:
+async def test_reassignment_refreshes_the_details(bot: Bot) -> None:
     emu = bot.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
     cid = started.conversation_id

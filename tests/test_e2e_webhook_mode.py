@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from tests.helpers import response_text
+from tests.support import BotStarter
 
 CONVERSATION_PATH = "/virtual-agent/conversations/"
 
 
-async def test_answer_carries_the_reply_and_the_handover(start_bot: Any) -> None:
+async def test_answer_carries_the_reply_and_the_handover(start_bot: BotStarter) -> None:
     handle = await start_bot(name="rasa-webhook-mode", reply_mode="webhook")
     emu = handle.emulator
     started = await emu.start_conversation()
@@ -31,7 +31,9 @@ async def test_answer_carries_the_reply_and_the_handover(start_bot: Any) -> None
     assert emu.token_requests == 0
 
 
-async def test_what_the_answer_cannot_carry_comes_before_the_next_turn(start_bot: Any) -> None:
+async def test_what_the_answer_cannot_carry_comes_before_the_next_turn(
+    start_bot: BotStarter,
+) -> None:
     handle = await start_bot(name="rasa-webhook-order", reply_mode="webhook")
     emu = handle.emulator
     started = await emu.start_conversation()
@@ -50,7 +52,7 @@ async def test_what_the_answer_cannot_carry_comes_before_the_next_turn(start_bot
     assert sent[3] == {"text": response_text("utter_opening_hours")}
 
 
-async def test_without_api_keys_everything_fits_in_the_answer(start_bot: Any) -> None:
+async def test_without_api_keys_everything_fits_in_the_answer(start_bot: BotStarter) -> None:
     handle = await start_bot(
         name="rasa-webhook-no-keys", reply_mode="webhook", client_id=None, client_secret=None
     )

@@ -23,7 +23,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from rasa_sparkcentral.emulator import (
+from rasa_sparkcentral.signature import (
+    SIGNATURE_HEADER,
+    decode_secret,
+    sign,
+    sign_with_secret,
+    verify,
+)
+from rasa_sparkcentral.testing.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_SHARED_SECRET,
@@ -35,14 +42,7 @@ from rasa_sparkcentral.emulator import (
     WebhookResult,
     pytest_plugin,
 )
-from rasa_sparkcentral.emulator.cli import build_parser
-from rasa_sparkcentral.signature import (
-    SIGNATURE_HEADER,
-    decode_secret,
-    sign,
-    sign_with_secret,
-    verify,
-)
+from rasa_sparkcentral.testing.emulator.cli import build_parser
 
 # The plugin's fixtures (also registered through the pytest11 entry point once installed).
 sparkcentral_emulator = pytest_plugin.sparkcentral_emulator
@@ -915,7 +915,7 @@ async def test_cli_chat(receiver: Receiver, http: aiohttp.ClientSession) -> None
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "rasa_sparkcentral.emulator",
+        "rasa_sparkcentral.testing.emulator",
         "chat",
         "--port",
         str(port),
@@ -983,7 +983,7 @@ async def test_cli_chat_quit_and_unreachable_bot() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "rasa_sparkcentral.emulator",
+        "rasa_sparkcentral.testing.emulator",
         "chat",
         "--port",
         "0",
@@ -1007,7 +1007,7 @@ async def test_cli_serve(receiver: Receiver, http: aiohttp.ClientSession) -> Non
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "rasa_sparkcentral.emulator",
+        "rasa_sparkcentral.testing.emulator",
         "serve",
         "--port",
         str(port),

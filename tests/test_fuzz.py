@@ -27,10 +27,10 @@ import pytest_asyncio
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from rasa_sparkcentral.emulator import SparkcentralEmulator
 from rasa_sparkcentral.signature import SIGNATURE_HEADER, decode_secret, sign
-from tests.conftest import RasaHandle
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.helpers import get_tracker, user_texts
+from tests.support import BotStarter, RasaHandle
 
 WEBHOOK_PATH = "/webhooks/sparkcentral/webhook"
 SHARED_SECRET = "f022" * 16
@@ -69,7 +69,7 @@ class Fuzzed:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def fuzzed(start_bot: Any) -> AsyncIterator[Fuzzed]:
+async def fuzzed(start_bot: BotStarter) -> AsyncIterator[Fuzzed]:
     emulator = await start_bot.new_emulator(shared_secret=SHARED_SECRET)
     rasa = await start_bot(name="rasa-fuzz", emulator=emulator)
     url = urlparse(rasa.url)

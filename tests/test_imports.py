@@ -27,7 +27,7 @@ def test_rasa_finds_the_channel_class_by_its_credentials_key() -> None:
         ("rasa_sparkcentral", ("rasa", "rasa_sdk", "sanic", "tensorflow")),
         # rasa_sdk itself runs on sanic
         ("rasa_sparkcentral.actions", ("rasa", "tensorflow")),
-        ("rasa_sparkcentral.emulator", ("rasa", "rasa_sdk", "sanic", "tensorflow")),
+        ("rasa_sparkcentral.testing.emulator", ("rasa", "rasa_sdk", "sanic", "tensorflow")),
     ],
 )
 def test_light_modules_do_not_import_rasa(module: str, forbidden: tuple) -> None:

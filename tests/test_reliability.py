@@ -29,10 +29,10 @@ from typing import Any, AsyncIterator, Dict, Iterator, List
 import pytest
 import pytest_asyncio
 
-from rasa_sparkcentral import servers
-from rasa_sparkcentral.emulator import SparkcentralEmulator
-from tests.conftest import BOT_DIR, RasaHandle
+from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.helpers import get_tracker, response_text, settle
+from tests.support import BOT_DIR, BotStarter, RasaHandle
 
 GREETING = response_text("utter_greet")
 HOURS = response_text("utter_opening_hours")
@@ -79,7 +79,7 @@ def test_process_log() -> Iterator[io.StringIO]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def setup(
-    start_bot: Any, server_logs: Path, test_process_log: io.StringIO
+    start_bot: BotStarter, server_logs: Path, test_process_log: io.StringIO
 ) -> AsyncIterator[Setup]:
     emulator = await start_bot.new_emulator(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, shared_secret=SHARED_SECRET

@@ -15,16 +15,17 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 
 import pytest_asyncio
 
-from rasa_sparkcentral import servers
-from rasa_sparkcentral.emulator import (
+from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing.emulator import (
     SparkcentralEmulator,
     WebhookResult,
     default_channel,
     default_contact_attributes,
     default_contact_profile,
 )
-from tests.conftest import RasaHandle
+from rasa_sparkcentral.testing.processes import ManagedProcess
 from tests.helpers import get_tracker, response_text, settle
+from tests.support import BotStarter, RasaHandle
 
 GREETING = response_text("utter_greet")
 HOURS = response_text("utter_opening_hours")
@@ -71,7 +72,7 @@ class Pair:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def pair(start_bot: Any, redis_server: Any) -> AsyncIterator[Pair]:
+async def pair(start_bot: BotStarter, redis_server: ManagedProcess) -> AsyncIterator[Pair]:
     emulator = await start_bot.new_emulator()
     port = redis_server.port
     common: Dict[str, Any] = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rasa_sparkcentral import servers
+from rasa_sparkcentral.testing import processes as servers
 
 SOAK = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator, List
+from typing import AsyncIterator, List
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as redis_asyncio
 
 from rasa_sparkcentral.state import KEY_PREFIX, MemoryState, RedisState
+from rasa_sparkcentral.testing.processes import ManagedProcess
 
 DB = 5  # a database no other test uses
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def redis_url(redis_server: Any) -> AsyncIterator[str]:
+async def redis_url(redis_server: ManagedProcess) -> AsyncIterator[str]:
     url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
     yield url
     client = redis_asyncio.Redis.from_url(url)

@@ -1,4 +1,4 @@
-"""``python -m rasa_sparkcentral.emulator serve|chat``."""
+"""``python -m rasa_sparkcentral.testing.emulator serve|chat``."""
 
 from __future__ import annotations
 

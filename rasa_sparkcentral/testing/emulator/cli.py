@@ -1,4 +1,4 @@
-"""``sparkcentral-emulator`` / ``python -m rasa_sparkcentral.emulator``.
+"""``sparkcentral-emulator`` / ``python -m rasa_sparkcentral.testing.emulator``.
 
 - ``serve``: run the emulator until Ctrl-C, one line per event.
 - ``chat``: run it and chat with the bot as the contact (and as the human agent).

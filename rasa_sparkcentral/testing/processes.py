@@ -6,7 +6,8 @@ stays light and the servers run exactly as a bot developer would run them.
 
 Every process is started in its own session (process group): stopping it sends SIGTERM to
 that group, then SIGKILL after a grace period, and never touches anything else. Processes
-still running when the interpreter exits are stopped by an ``atexit`` hook.
+still running when the interpreter exits are stopped by an ``atexit`` hook, registered when
+the first process starts (importing this module registers nothing).
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from typing import IO, Any, Optional, Union
 
 import aiohttp
 
-from rasa_sparkcentral.protocol import CREDENTIALS_KEY as CHANNEL_KEY
+from rasa_sparkcentral.protocol import CREDENTIALS_KEY
 
 __all__ = [
-    "CHANNEL_KEY",
     "HttpProbe",
     "ManagedProcess",
     "RedisProbe",
@@ -57,7 +57,7 @@ StrPath = Union[str, "os.PathLike[str]"]
 
 # The directory holding the ``rasa_sparkcentral`` package: put on the children's PYTHONPATH
 # so ``rasa run`` and the action server import this very checkout, installed or not.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 class ServerStartError(RuntimeError):
@@ -178,12 +178,20 @@ Probe = Union[HttpProbe, RedisProbe]
 # --------------------------------------------------------------------------- processes
 
 _RUNNING: set[ManagedProcess] = set()  # started and not stopped yet
+_AT_EXIT_REGISTERED = False
 
 
-@atexit.register
 def _stop_all_at_exit() -> None:
     for process in list(_RUNNING):
         process.stop(grace=5.0)
+
+
+def _register_at_exit() -> None:
+    """Install the exit hook once, when the first process starts."""
+    global _AT_EXIT_REGISTERED
+    if not _AT_EXIT_REGISTERED:
+        atexit.register(_stop_all_at_exit)
+        _AT_EXIT_REGISTERED = True
 
 
 class ManagedProcess:
@@ -257,6 +265,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _register_at_exit()
         _RUNNING.add(self)
         return self
 
@@ -440,7 +449,7 @@ def write_credentials(
     if client_secret is not None:
         channel["client_secret"] = client_secret
     channel.update(extra_channel_settings)
-    credentials: dict[str, Any] = {CHANNEL_KEY: channel}
+    credentials: dict[str, Any] = {CREDENTIALS_KEY: channel}
     if rest:
         credentials["rest"] = None
     return _write_yaml(path, credentials)
