@@ -60,8 +60,13 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
-from rasa_sparkcentral.signature import SIGNATURE_HEADER  # noqa: E402
-from rasa_sparkcentral.testing import processes as servers  # noqa: E402
+from rasa_sparkcentral.protocol import (  # noqa: E402
+    CREDENTIALS_KEY,
+    METADATA_KEY,
+    SIGNATURE_HEADER,
+    WEBHOOK_PATH,
+)
+from rasa_sparkcentral.testing import processes  # noqa: E402
 from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     EVENT_CONVERSATION_STARTED,
     EVENT_INBOUND_MESSAGE_RECEIVED,
@@ -75,12 +80,13 @@ from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     new_conversation_id,
 )
 from rasa_sparkcentral.testing.emulator.models import SENDER_BOT  # noqa: E402
+from rasa_sparkcentral.testing.stack import BotStack  # noqa: E402
 
 BOT_DIR = REPO_ROOT / "example_bot"
 MODEL = BOT_DIR / "models" / "example_bot.tar.gz"
 RESULTS = BENCH_DIR / "results" / "latest.md"
 
-SC_PATH = "/webhooks/sparkcentral/webhook"
+SC_PATH = WEBHOOK_PATH
 REST_PATH = "/webhooks/rest/webhook"
 PROBE_PATH = "/webhooks/bench_probe/"
 REST = "REST"
@@ -285,25 +291,31 @@ class ConnectionPeak(Ticker):
 
 @dataclass
 class Stack:
-    emulator: SparkcentralEmulator
-    rasa: servers.ManagedProcess
-    action: servers.ManagedProcess
-    redis: Optional[servers.ManagedProcess]
-    log_dir: Path
+    """The running servers (one ``BotStack``) and what the report says about them."""
+
+    bot: BotStack
     channel_settings: Dict[str, Any]
     tracker_store: str
     startup_seconds: float
     acceptor_port: Optional[int] = None
 
     @property
+    def emulator(self) -> SparkcentralEmulator:
+        return self.bot.emulator
+
+    @property
+    def log_dir(self) -> Path:
+        return self.bot.log_dir
+
+    @property
     def rasa_url(self) -> str:
-        assert self.rasa.url is not None
-        return self.rasa.url
+        return self.bot.rasa_url
 
     @property
     def rasa_pid(self) -> int:
-        assert self.rasa.pid is not None
-        return self.rasa.pid
+        pid = self.bot.rasa.pid
+        assert pid is not None
+        return pid
 
     @property
     def greets(self) -> bool:
@@ -311,46 +323,28 @@ class Stack:
         return bool(self.channel_settings.get("conversation_started_intent"))
 
     async def stop(self) -> None:
-        await self.rasa.stop_async()
-        await self.action.stop_async()
-        if self.redis is not None:
-            await self.redis.stop_async()
-        await self.emulator.stop()
+        await self.bot.stop()
 
 
-def _tracker_store(
-    kind: str, log_dir: Path
-) -> Tuple[Optional[Dict[str, Any]], Optional[servers.ManagedProcess], str]:
+def _tracker_store(kind: str, log_dir: Path) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The tracker store endpoint (None: Rasa's default, or Redis started by the stack)."""
     if kind == "bounded":
         store = {"type": "bench_probe.BoundedTrackerStore", "max_conversations": TRACKERS_KEPT}
-        return store, None, f"in memory, at most {TRACKERS_KEPT} conversations kept"
+        return store, f"in memory, at most {TRACKERS_KEPT} conversations kept"
     if kind == "memory":
-        return None, None, "InMemoryTrackerStore (Rasa's default, keeps every conversation)"
+        return None, "InMemoryTrackerStore (Rasa's default, keeps every conversation)"
     if kind == "sql":
         store = {"type": "SQL", "dialect": "sqlite", "db": str(log_dir / "trackers.db")}
-        return store, None, "SQL (SQLite file)"
-    port = servers.free_port()
-    redis = servers.redis_server(port, log_dir / "redis-data", log_dir / "redis.log")
-    return servers.redis_tracker_store(port, key_prefix="bench"), redis, "Redis"
+        return store, "SQL (SQLite file)"
+    return None, "Redis"
 
 
 async def start_stack(args: argparse.Namespace, log_dir: Path) -> Stack:
     if not MODEL.exists():
         raise BenchError(f"no trained model at {MODEL}: run `make train` first")
     started = time.perf_counter()
-    emu = SparkcentralEmulator(token_lifetime=args.token_lifetime, max_calls=2_000)
-    await emu.start()
-    tracker_store, redis, store_name = _tracker_store(args.tracker_store, log_dir)
-    if redis is not None:
-        redis.start()
-    action = servers.action_server(BOT_DIR, servers.free_port(), log_dir / "action-server.log")
-    action.start()
-
+    tracker_store, store_name = _tracker_store(args.tracker_store, log_dir)
     settings: Dict[str, Any] = {
-        "base_url": emu.base_url,
-        "shared_secret": emu.shared_secret,
-        "client_id": emu.client_id,
-        "client_secret": emu.client_secret,
         "cache_size": args.cache_size,
         # CONVERSATION_STARTED costs one Rasa turn (/restart) instead of two (+ /greet):
         # 10,000 conversations fit in the time budget. --set conversation_started_intent=greet
@@ -358,58 +352,32 @@ async def start_stack(args: argparse.Namespace, log_dir: Path) -> Stack:
     }
     acceptor_port: Optional[int] = None
     if args.webhook_port_variant:
-        acceptor_port = servers.free_port()
+        acceptor_port = processes.free_port()
         settings["webhook_port"] = acceptor_port
         settings["webhook_host"] = "127.0.0.1"
     settings.update(args.channel_settings)
-    credentials = servers.write_credentials(log_dir / "credentials.yml", **settings)
-    data = json.loads(credentials.read_text(encoding="utf-8"))
-    if args.channel_class != servers.CHANNEL_KEY:  # a variant to compare (experiments)
-        data[args.channel_class] = data.pop(servers.CHANNEL_KEY)
-    data["bench_probe.BenchProbe"] = None  # benchmarks/bench_probe.py: read-only statistics
-    credentials.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-    try:
-        if redis is not None:
-            await redis.wait_ready_async()
-        await action.wait_ready_async()
-        endpoints = servers.write_endpoints(
-            log_dir / "endpoints.yml",
-            action_url=f"{action.url}/webhook",
-            tracker_store=tracker_store,
-        )
-        pythonpath = [str(REPO_ROOT), str(BENCH_DIR)]
-        if os.environ.get("PYTHONPATH"):
-            pythonpath.append(os.environ["PYTHONPATH"])
-        rasa = servers.rasa_server(
-            BOT_DIR,
-            MODEL,
-            servers.free_port(),
-            credentials,
-            endpoints,
-            log_dir / "rasa.log",
-            env={"PYTHONPATH": os.pathsep.join(pythonpath)},
-        )
-        rasa.start()
-        await rasa.wait_ready_async()
-    except BaseException:
-        action.stop()
-        if redis is not None:
-            redis.stop()
-        await emu.stop()
-        raise
-    emu.webhook_url = f"{rasa.url}{SC_PATH}"
-    shown = {
-        k: v
-        for k, v in settings.items()
-        if k not in ("shared_secret", "client_secret", "client_id", "base_url", "webhook_host")
-    }
-    return Stack(
-        emulator=emu,
-        rasa=rasa,
-        action=action,
-        redis=redis,
+    pythonpath = [str(REPO_ROOT), str(BENCH_DIR)]
+    if os.environ.get("PYTHONPATH"):
+        pythonpath.append(os.environ["PYTHONPATH"])
+    bot = BotStack(
+        bot_dir=BOT_DIR,
+        model=MODEL,
         log_dir=log_dir,
+        channel_settings=settings,
+        emulator_options={"token_lifetime": args.token_lifetime, "max_calls": 2_000},
+        redis=args.tracker_store == "redis",
+        redis_lock_store=False,  # Rasa's in-memory lock store, as with the other stores
+        redis_key_prefix="bench",
+        tracker_store=tracker_store,
+        rest_channel=True,  # the control: Rasa's REST channel in the same process
+        credentials_key=args.channel_class,  # a variant to compare (experiments)
+        extra_credentials={"bench_probe.BenchProbe": None},  # read-only statistics
+        rasa_env={"PYTHONPATH": os.pathsep.join(pythonpath)},
+    )
+    await bot.start()
+    shown = {k: v for k, v in settings.items() if k != "webhook_host"}
+    return Stack(
+        bot=bot,
         channel_settings=shown,
         tracker_store=store_name,
         startup_seconds=time.perf_counter() - started,
@@ -435,7 +403,7 @@ def channel_metadata(data: Dict[str, Any]) -> Dict[str, Any]:
     """The metadata our channel gives Rasa for ``data`` (for the REST control)."""
     channel = data["channel"]
     return {
-        "sparkcentral": {
+        METADATA_KEY: {
             "conversationId": data["conversationId"],
             "channelId": channel["id"],
             "channelName": channel["name"],
@@ -990,7 +958,7 @@ def build_report(
         )
         + "; fresh conversations each round",
     ]
-    if args.channel_class != servers.CHANNEL_KEY:
+    if args.channel_class != CREDENTIALS_KEY:
         notes.append(f"Channel class: `{args.channel_class}` (a variant, not the default)")
     if channel_client:
         notes.append(
@@ -1090,9 +1058,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--channel-class",
-        default=servers.CHANNEL_KEY,
+        default=CREDENTIALS_KEY,
         help="the input channel class to benchmark, e.g. a subclass on PYTHONPATH "
-        f"(default {servers.CHANNEL_KEY})",
+        f"(default {CREDENTIALS_KEY})",
     )
     parser.add_argument("--out", default=str(RESULTS), help="where to write the table")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -1199,7 +1167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (BenchError, servers.ServerStartError) as e:
+    except (BenchError, processes.ServerStartError) as e:
         print(f"benchmark run failed: {e}", file=sys.stderr)
         return 1
     except Exception:

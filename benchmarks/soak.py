@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
@@ -56,7 +56,7 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
-from rasa_sparkcentral.testing import processes as servers  # noqa: E402
+from rasa_sparkcentral.testing import processes  # noqa: E402
 from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     EmulatorEvent,
     SparkcentralEmulator,
@@ -65,6 +65,7 @@ from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     default_contact_attributes,
     default_contact_profile,
 )
+from rasa_sparkcentral.testing.stack import BotStack, bot_stack  # noqa: E402
 
 BOT_DIR = REPO_ROOT / "example_bot"
 MODEL = BOT_DIR / "models" / "example_bot.tar.gz"
@@ -154,60 +155,6 @@ def plan(
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class Stack:
-    emulator: SparkcentralEmulator
-    action: servers.ManagedProcess
-    rasa: servers.ManagedProcess
-
-    @property
-    def webhook_url(self) -> str:
-        return f"{self.rasa.url}/webhooks/sparkcentral/webhook"
-
-
-async def start_stack(args: argparse.Namespace, log_dir: Path) -> Stack:
-    emulator = SparkcentralEmulator(max_calls=2000, webhook_timeout=60.0)
-    emulator.faults.fail_rate = args.fail_rate
-    emulator.faults.seed = args.seed
-    await emulator.start(host="127.0.0.1", port=0)
-    action = servers.action_server(BOT_DIR, servers.free_port(), log_dir / "action-server.log")
-    action.start()
-    credentials = servers.write_credentials(
-        log_dir / "credentials.yml",
-        base_url=emulator.base_url,
-        shared_secret=emulator.shared_secret,
-        client_id=emulator.client_id,
-        client_secret=emulator.client_secret,
-        rest=False,
-    )
-    endpoints = servers.write_endpoints(
-        log_dir / "endpoints.yml", action_url=f"{action.url}/webhook"
-    )
-    rasa = servers.rasa_server(
-        BOT_DIR,
-        args.model,
-        servers.free_port(),
-        credentials,
-        endpoints,
-        log_dir / "rasa.log",
-    )
-    rasa.start()
-    try:
-        await action.wait_ready_async()
-        await rasa.wait_ready_async()
-    except BaseException:
-        await asyncio.gather(rasa.stop_async(), action.stop_async())
-        await emulator.stop()
-        raise
-    emulator.webhook_url = f"{rasa.url}/webhooks/sparkcentral/webhook"
-    return Stack(emulator, action, rasa)
-
-
-async def stop_stack(stack: Stack) -> None:
-    await asyncio.gather(stack.rasa.stop_async(), stack.action.stop_async())
-    await stack.emulator.stop()
-
-
 class ReplyWatch:
     """Wakes a conversation's sender when enough replies arrived there (one waiter per
     conversation; only that conversation's events are looked at)."""
@@ -237,7 +184,7 @@ class ReplyWatch:
 
 
 class Sender:
-    def __init__(self, stack: Stack, window: int) -> None:
+    def __init__(self, stack: BotStack, window: int) -> None:
         self.emu = stack.emulator
         self.url = stack.webhook_url
         self.window = window
@@ -388,7 +335,7 @@ async def tracker_keys(session: aiohttp.ClientSession, rasa_url: str, cid: str) 
     return keys
 
 
-async def check(stack: Stack, plans: Sequence[Conversation]) -> Tally:
+async def check(stack: BotStack, plans: Sequence[Conversation]) -> Tally:
     tally = Tally()
     async with aiohttp.ClientSession() as session:
         for conv in plans:
@@ -400,7 +347,7 @@ async def check(stack: Stack, plans: Sequence[Conversation]) -> Tally:
             tally.received += len(received)
             replies = compare_replies(expected, received)
             sent_keys = [d.key for d in conv.deliveries]
-            events = compare_keys(sent_keys, await tracker_keys(session, stack.rasa.url, conv.cid))
+            events = compare_keys(sent_keys, await tracker_keys(session, stack.rasa_url, conv.cid))
             lost, duplicated, disordered = (max(a, b) for a, b in zip(replies, events))
             tally.lost += lost
             tally.duplicated += duplicated
@@ -450,43 +397,108 @@ def ensure_model(model: Path) -> None:
             str(model.parent),
         ],
         cwd=BOT_DIR,
-        env=servers.base_env(),
+        env=processes.base_env(),
         stdin=subprocess.DEVNULL,
         check=True,
     )
 
 
-async def soak(args: argparse.Namespace) -> int:
-    log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="soak-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    plans = plan(args.deliveries, args.conversations, args.duplicate_rate, rng)
-    print(
-        f"soak: {args.deliveries} deliveries over {len(plans)} conversations, "
-        f"{args.duplicate_rate:.0%} repeated, {args.fail_rate:.0%} of REST calls failing "
-        f"(seed {args.seed}); logs in {log_dir}",
-        flush=True,
-    )
-    stack = await start_stack(args, log_dir)
-    try:
-        sender = Sender(stack, args.window)
-        started = time.monotonic()
-        await run_all(sender, plans, args.concurrency)
-        sent_in = time.monotonic() - started
-        await wait_for_replies(stack.emulator, plans)
-        done_in = time.monotonic() - started
-        tally = await check(stack, plans)
-        stats = stack.emulator.stats()
-        cpu = {
-            "this process (emulator, load)": time.process_time(),
-            "rasa run": cpu_seconds(stack.rasa.pid),
-            "action server": cpu_seconds(stack.action.pid),
-        }
-    finally:
-        await stop_stack(stack)
-        if not args.log_dir and not args.keep_logs:
-            shutil.rmtree(log_dir, ignore_errors=True)
+@dataclass
+class SoakResult:
+    """What one soak run saw; ``ok`` when nothing was lost, repeated or reordered."""
 
+    deliveries_planned: int
+    tally: Tally
+    unacknowledged: List[str]
+    """Webhook POSTs the channel did not answer 200 ``{}``."""
+    acks: List[float]
+    """Seconds each webhook POST took to be acknowledged."""
+    seconds: float
+    sent_seconds: float
+    faults_injected: int
+    calls_by_status: Dict[str, int]
+    calls_kept: int
+    token_requests: int
+    cpu: Dict[str, float]
+    log_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        tally = self.tally
+        return (
+            tally.lost == tally.duplicated == tally.out_of_order == 0
+            and not self.unacknowledged
+            and tally.deliveries == self.deliveries_planned
+        )
+
+
+async def run_soak(
+    *,
+    deliveries: int = 10_000,
+    conversations: int = 200,
+    duplicate_rate: float = 0.10,
+    fail_rate: float = 0.05,
+    seed: int = 20261125,
+    concurrency: int = 50,
+    window: int = 3,
+    model: Path = MODEL,
+    log_dir: Optional[Path] = None,
+    keep_logs: bool = False,
+    say: Callable[[str], None] = print,
+) -> SoakResult:
+    """Start the stack, send the deliveries, wait for the replies and count (see the top)."""
+    logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="soak-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    plans = plan(deliveries, conversations, duplicate_rate, rng)
+    say(
+        f"soak: {deliveries} deliveries over {len(plans)} conversations, "
+        f"{duplicate_rate:.0%} repeated, {fail_rate:.0%} of REST calls failing "
+        f"(seed {seed}); logs in {logs}"
+    )
+    emulator = SparkcentralEmulator(max_calls=2000, webhook_timeout=60.0)
+    emulator.faults.fail_rate = fail_rate
+    emulator.faults.seed = seed
+    try:
+        async with bot_stack(
+            bot_dir=BOT_DIR, model=model, log_dir=logs, emulator=emulator
+        ) as stack:
+            sender = Sender(stack, window)
+            started = time.monotonic()
+            await run_all(sender, plans, concurrency)
+            sent_in = time.monotonic() - started
+            await wait_for_replies(stack.emulator, plans)
+            done_in = time.monotonic() - started
+            tally = await check(stack, plans)
+            stats = stack.emulator.stats()
+            assert stack.action is not None
+            cpu = {
+                "this process (emulator, load)": time.process_time(),
+                "rasa run": cpu_seconds(stack.rasa.pid),
+                "action server": cpu_seconds(stack.action.pid),
+            }
+    finally:
+        if not log_dir and not keep_logs:
+            shutil.rmtree(logs, ignore_errors=True)
+    return SoakResult(
+        deliveries_planned=deliveries,
+        tally=tally,
+        unacknowledged=sender.failed,
+        acks=sender.acks,
+        seconds=done_in,
+        sent_seconds=sent_in,
+        faults_injected=int(stats["faultsInjected"]),
+        calls_by_status=dict(stats["callsByStatus"]),
+        calls_kept=len(emulator.calls),
+        token_requests=int(stats["tokenRequests"]),
+        cpu=cpu,
+        log_dir=logs,
+    )
+
+
+def report(result: SoakResult, as_json: bool = False) -> None:
+    """Print the counts, the timings and the problems of a run."""
+    tally = result.tally
     print()
     print(f"deliveries        {tally.deliveries}")
     print(f"unique messages   {tally.unique}")
@@ -496,20 +508,21 @@ async def soak(args: argparse.Namespace) -> int:
     print(f"duplicated        {tally.duplicated}")
     print(f"out-of-order      {tally.out_of_order}")
     print()
+    acks = result.acks
     print(
-        f"wall time {done_in:.1f} s (all sent after {sent_in:.1f} s); "
-        f"{tally.unique / done_in:.1f} messages/s; webhook acknowledged in "
-        f"p50 {percentile(sender.acks, 0.5) * 1000:.1f} ms, "
-        f"p99 {percentile(sender.acks, 0.99) * 1000:.1f} ms, "
-        f"max {max(sender.acks, default=0) * 1000:.1f} ms"
+        f"wall time {result.seconds:.1f} s (all sent after {result.sent_seconds:.1f} s); "
+        f"{tally.unique / result.seconds:.1f} messages/s; webhook acknowledged in "
+        f"p50 {percentile(acks, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(acks, 0.99) * 1000:.1f} ms, "
+        f"max {max(acks, default=0) * 1000:.1f} ms"
     )
     print(
-        f"Sparkcentral: {stats['faultsInjected']} faults injected, "
-        f"{stats['callsByStatus']} calls by status (last {len(stack.emulator.calls)}), "
-        f"{stats['tokenRequests']} token request(s)"
+        f"Sparkcentral: {result.faults_injected} faults injected, "
+        f"{result.calls_by_status} calls by status (last {result.calls_kept}), "
+        f"{result.token_requests} token request(s)"
     )
-    print("CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
-    if args.json:
+    print("CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items()))
+    if as_json:
         summary = {
             "deliveries": tally.deliveries,
             "unique": tally.unique,
@@ -518,18 +531,33 @@ async def soak(args: argparse.Namespace) -> int:
             "lost": tally.lost,
             "duplicated": tally.duplicated,
             "outOfOrder": tally.out_of_order,
-            "seconds": round(done_in, 1),
-            "faultsInjected": stats["faultsInjected"],
+            "seconds": round(result.seconds, 1),
+            "faultsInjected": result.faults_injected,
         }
         print(json.dumps(summary))
     for problem in tally.problems[:20]:
         print("  " + problem)
-    for failure in sender.failed[:20]:
+    for failure in result.unacknowledged[:20]:
         print("  webhook not acknowledged: " + failure)
-    ok = tally.lost == tally.duplicated == tally.out_of_order == 0 and not sender.failed
-    ok = ok and tally.deliveries == args.deliveries
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    print("PASS" if result.ok else "FAIL")
+
+
+async def soak(args: argparse.Namespace) -> int:
+    result = await run_soak(
+        deliveries=args.deliveries,
+        conversations=args.conversations,
+        duplicate_rate=args.duplicate_rate,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        window=args.window,
+        model=args.model,
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        keep_logs=args.keep_logs,
+        say=lambda line: print(line, flush=True),
+    )
+    report(result, as_json=args.json)
+    return 0 if result.ok else 1
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

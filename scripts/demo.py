@@ -25,12 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from rasa_sparkcentral.testing import processes as servers  # noqa: E402
 from rasa_sparkcentral.testing.emulator import (  # noqa: E402
     QUEUE_NEW,
     EmulatorTimeout,
     SparkcentralEmulator,
 )
+from rasa_sparkcentral.testing.processes import ServerStartError  # noqa: E402
+from rasa_sparkcentral.testing.stack import BotStack, bot_stack  # noqa: E402
 
 BOT_DIR = REPO_ROOT / "example_bot"
 MODEL = BOT_DIR / "models" / "example_bot.tar.gz"
@@ -107,62 +108,48 @@ async def run(log_dir: Path) -> int:
     if not MODEL.exists():
         say(f"demo: {MODEL} is missing: run `make train` first")
         return 1
-    emu = SparkcentralEmulator()
-    action: Optional[servers.ManagedProcess] = None
-    rasa: Optional[servers.ManagedProcess] = None
     try:
-        base_url = await emu.start(host="127.0.0.1", port=0)
-        say(f"Sparkcentral emulator: {base_url}")
-        action = servers.action_server(BOT_DIR, servers.free_port(), log_dir / "action-server.log")
-        credentials = servers.write_credentials(
-            log_dir / "credentials.yml",
-            base_url=base_url,
-            shared_secret=emu.shared_secret,
-            client_id=emu.client_id,
-            client_secret=emu.client_secret,
-            conversation_started_intent="greet",
-        )
-        endpoints = servers.write_endpoints(
-            log_dir / "endpoints.yml", action_url=f"{action.url}/webhook"
-        )
-        rasa = servers.rasa_server(
-            BOT_DIR, MODEL, servers.free_port(), credentials, endpoints, log_dir / "rasa.log"
-        )
-        say("starting the action server and rasa run (about 10-20 s)...")
-        started = time.monotonic()
-        action.start()
-        rasa.start()
-        await asyncio.gather(action.wait_ready_async(), rasa.wait_ready_async())
-        emu.webhook_url = f"{rasa.url}/webhooks/sparkcentral/webhook"
-        say(f"ready in {time.monotonic() - started:.1f} s; bot webhook: {emu.webhook_url}")
-        say()
-
-        try:
-            conversation_id = await play(emu)
-        except (DemoFailed, EmulatorTimeout) as e:
-            say()
-            say(f"DEMO FAILED: {e}")
-            say(f"--- everything Sparkcentral saw ---\n{emu.transcript_text()}")
-            say(f"logs: {log_dir}")
-            return 1
-
-        conversation = emu.conversations[conversation_id]
-        say()
-        say(f"--- transcript of {conversation_id}, as Sparkcentral recorded it ---")
-        say(emu.transcript_text(conversation_id))
-        say("---")
-        say(f"final queue: {conversation.queue}")
-        say(f"OAuth2 token requests: {emu.token_requests}")
-        say(f"logs: {log_dir}")
-        return 0
-    except servers.ServerStartError as e:
+        async with SparkcentralEmulator() as emu:
+            say(f"Sparkcentral emulator: {emu.base_url}")
+            say("starting the action server and rasa run (about 10-20 s)...")
+            started = time.monotonic()
+            async with bot_stack(
+                bot_dir=BOT_DIR,
+                model=MODEL,
+                log_dir=log_dir,
+                emulator=emu,
+                rest_channel=True,
+                channel_settings={"conversation_started_intent": "greet"},
+            ) as stack:
+                say(f"ready in {time.monotonic() - started:.1f} s; bot webhook: {emu.webhook_url}")
+                say()
+                return await converse(stack, log_dir)
+    except ServerStartError as e:
         say(f"DEMO FAILED: {e}")
         return 1
-    finally:
-        for process in (rasa, action):
-            if process is not None:
-                await process.stop_async()
-        await emu.stop()
+
+
+async def converse(stack: BotStack, log_dir: Path) -> int:
+    """Play the script on a running stack and print what Sparkcentral recorded."""
+    emu = stack.emulator
+    try:
+        conversation_id = await play(emu)
+    except (DemoFailed, EmulatorTimeout) as e:
+        say()
+        say(f"DEMO FAILED: {e}")
+        say(f"--- everything Sparkcentral saw ---\n{emu.transcript_text()}")
+        say(f"logs: {log_dir}")
+        return 1
+
+    conversation = emu.conversations[conversation_id]
+    say()
+    say(f"--- transcript of {conversation_id}, as Sparkcentral recorded it ---")
+    say(emu.transcript_text(conversation_id))
+    say("---")
+    say(f"final queue: {conversation.queue}")
+    say(f"OAuth2 token requests: {emu.token_requests}")
+    say(f"logs: {log_dir}")
+    return 0
 
 
 async def main() -> int:
