@@ -6,6 +6,7 @@ import pytest
 from rasa_sdk.executor import ActionExecutor
 
 import rasa_sparkcentral.actions as actions
+from rasa_sparkcentral.protocol import METADATA_KEY
 
 DETAILS = {
     "conversationId": "conv-1",
@@ -110,7 +111,7 @@ async def test_channel_details_fill_declared_slots(executor: ActionExecutor) -> 
     result = await executor.run(
         _call(
             "action_sparkcentral_channel_details",
-            metadata={"sparkcentral": DETAILS},
+            metadata={METADATA_KEY: DETAILS},
             domain={"slots": ALL_SLOTS},
         )
     )
@@ -127,7 +128,7 @@ async def test_channel_details_skip_undeclared_and_unchanged(executor: ActionExe
     domain = {"slots": {"sparkcentral_vip": {}, "sparkcentral_medium": {}}}
     call = _call(
         "action_sparkcentral_channel_details",
-        metadata={"sparkcentral": DETAILS},
+        metadata={METADATA_KEY: DETAILS},
         domain=domain,
         slots={"sparkcentral_vip": True},
     )
@@ -140,7 +141,7 @@ async def test_channel_details_skip_undeclared_and_unchanged(executor: ActionExe
 
 @pytest.mark.parametrize(
     "metadata",
-    [None, {}, {"sparkcentral": "x"}, {"sparkcentral": {"conversationId": "conv-1"}}],
+    [None, {}, {METADATA_KEY: "x"}, {METADATA_KEY: {"conversationId": "conv-1"}}],
 )
 async def test_channel_details_without_profile_keep_slots(
     executor: ActionExecutor, metadata: Any

@@ -6,6 +6,7 @@ import uuid
 
 import aiohttp
 
+from rasa_sparkcentral.protocol import SIGNATURE_HEADER, WEBHOOK_PATH
 from rasa_sparkcentral.signature import sign_with_secret
 from rasa_sparkcentral.testing import processes as servers
 from tests.helpers import compact, get_tracker, response_text, say_and_wait, user_texts
@@ -17,7 +18,7 @@ async def _acceptor_bot(start_bot: BotStarter) -> RasaHandle:
     handle = await start_bot(
         name="rasa-acceptor", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
     )
-    handle.emulator.webhook_url = f"http://127.0.0.1:{port}/webhooks/sparkcentral/webhook"
+    handle.emulator.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     return handle
 
 
@@ -83,7 +84,7 @@ async def test_acceptor_rejects_bad_input_and_keeps_it_from_rasa(start_bot: BotS
     ]
     async with aiohttp.ClientSession() as session:
         for body, signature, status in cases:
-            headers = {"X-Sparkcentral-Signature": signature} if signature else {}
+            headers = {SIGNATURE_HEADER: signature} if signature else {}
             async with session.post(url, data=body, headers=headers) as answer:
                 assert answer.status == status
         async with session.get(url[: -len("webhook")]) as health:

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 import aiohttp
 import pytest
 
+from rasa_sparkcentral.protocol import CREDENTIALS_KEY, HEALTH_PATH, SIGNATURE_HEADER
 from rasa_sparkcentral.signature import sign_with_secret
 from rasa_sparkcentral.testing import processes as servers
 from rasa_sparkcentral.testing.emulator import DEFAULT_SHARED_SECRET
@@ -33,7 +34,7 @@ CONVERSATION_PATH = "/virtual-agent/conversations/"
 
 async def test_health_check(bot: Bot) -> None:
     async with aiohttp.ClientSession() as session, session.get(
-        f"{bot.rasa.url}/webhooks/sparkcentral/"
+        f"{bot.rasa.url}{HEALTH_PATH}"
     ) as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
@@ -105,7 +106,7 @@ def _inbound(cid: str, text: str = "hello") -> Dict[str, Any]:
 async def _post(url: str, body: bytes, signature: Optional[str]) -> aiohttp.ClientResponse:
     headers = {"Content-Type": "application/json"}
     if signature is not None:
-        headers["X-Sparkcentral-Signature"] = signature
+        headers[SIGNATURE_HEADER] = signature
     async with aiohttp.ClientSession() as session, session.post(
         url, data=body, headers=headers
     ) as response:
@@ -219,8 +220,7 @@ def test_bad_setting_stops_rasa_run_with_one_clear_line(
         del settings[setting]
     credentials = tmp_path / "credentials.yml"
     credentials.write_text(
-        "rasa_sparkcentral.SparkcentralInput:\n"
-        + "".join(f"  {k}: {v}\n" for k, v in settings.items())
+        f"{CREDENTIALS_KEY}:\n" + "".join(f"  {k}: {v}\n" for k, v in settings.items())
     )
     endpoints = servers.write_endpoints(tmp_path / "endpoints.yml", action_url=None)
     result = subprocess.run(

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from rasa_sparkcentral.protocol import WEBHOOK_PATH
 from rasa_sparkcentral.signature import (
     SIGNATURE_HEADER,
     decode_secret,
@@ -76,13 +77,13 @@ class Receiver:
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_post("/webhooks/sparkcentral/webhook", self.handle)
+        app.router.add_post(WEBHOOK_PATH, self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/webhooks/sparkcentral/webhook"
+        self.url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         return self.url
 
     async def stop(self) -> None:

@@ -27,12 +27,12 @@ import pytest_asyncio
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from rasa_sparkcentral.signature import SIGNATURE_HEADER, decode_secret, sign
+from rasa_sparkcentral.protocol import SIGNATURE_HEADER, WEBHOOK_PATH
+from rasa_sparkcentral.signature import decode_secret, sign
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.helpers import get_tracker, user_texts
 from tests.support import BotStarter, RasaHandle
 
-WEBHOOK_PATH = "/webhooks/sparkcentral/webhook"
 SHARED_SECRET = "f022" * 16
 KEY = decode_secret(SHARED_SECRET)
 KNOWN = ["INBOUND_MESSAGE_RECEIVED", "CONVERSATION_STARTED", "CONVERSATION_DELEGATED"]

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from rasa_sparkcentral.protocol import CHANNEL_NAME, CREDENTIALS_KEY
+
 
 def run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -14,11 +16,11 @@ def run(code: str) -> subprocess.CompletedProcess:
 def test_rasa_finds_the_channel_class_by_its_credentials_key() -> None:
     result = run(
         "from rasa.shared.utils.common import class_from_module_path as load\n"
-        "cls = load('rasa_sparkcentral.SparkcentralInput')\n"
+        f"cls = load({CREDENTIALS_KEY!r})\n"
         "print(cls.name(), cls.__module__)"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["sparkcentral", "rasa_sparkcentral.channel"]
+    assert result.stdout.split() == [CHANNEL_NAME, "rasa_sparkcentral.channel"]
 
 
 @pytest.mark.parametrize(
