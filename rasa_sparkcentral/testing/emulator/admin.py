@@ -21,17 +21,50 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Set
 
 import aiohttp
 from aiohttp import web
 
-from .models import JSONDict, WebhookResult
-
-if TYPE_CHECKING:
-    from .server import SparkcentralEmulator
+from .faults import FaultPlan
+from .models import Conversation, JSONDict, RecordedCall, WebhookResult
 
 AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class EmulatorControl(Protocol):
+    """What the admin routes drive (``SparkcentralEmulator`` is one)."""
+
+    webhook_url: str
+    token_lifetime: float
+    known_topics: Optional[Set[str]]
+    faults: FaultPlan
+
+    @property
+    def start_conversation(self) -> Callable[..., Awaitable[WebhookResult]]: ...
+
+    @property
+    def conversations(self) -> Dict[str, Conversation]: ...
+
+    @property
+    def calls(self) -> List[RecordedCall]: ...
+
+    @property
+    def accept_extended_fields(self) -> bool: ...
+
+    def conversation(self, conversation_id: str) -> Conversation: ...
+
+    async def contact_says(
+        self, conversation_id: str, text: Optional[str], *, force: bool = False
+    ) -> WebhookResult: ...
+
+    async def hand_back(self, conversation_id: str, event_type: str = ...) -> WebhookResult: ...
+
+    def agent_says(self, conversation_id: str, text: str) -> None: ...
+
+    def stats(self) -> JSONDict: ...
+
+    def reset(self) -> None: ...
 
 
 class AdminError(Exception):
@@ -41,7 +74,7 @@ class AdminError(Exception):
         self.message = message
 
 
-def add_admin_routes(app: web.Application, emu: SparkcentralEmulator) -> None:
+def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
     def guarded(handler: Callable[[web.Request], Awaitable[Any]]) -> AdminHandler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import TYPE_CHECKING, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .server import SparkcentralEmulator
+Asset = Tuple[str, bytes]
 
 ASSETS_PREFIX = "/_emulator/assets/"
 
@@ -37,13 +36,15 @@ def png(width: int = 16, height: int = 16, rgb: Tuple[int, int, int] = (29, 161,
     )
 
 
-def default_assets() -> Dict[str, Tuple[str, bytes]]:
+def default_assets() -> Dict[str, Asset]:
     return {"logo.png": ("image/png", png())}
 
 
-def add_asset_routes(app: web.Application, emulator: SparkcentralEmulator) -> None:
+def add_asset_routes(app: web.Application, lookup: Callable[[str], Optional[Asset]]) -> None:
+    """Serve ``lookup(name)`` (content type, bytes) under the assets prefix; None is 404."""
+
     async def serve(request: web.Request) -> web.Response:
-        asset = emulator.assets.get(request.match_info["name"])
+        asset = lookup(request.match_info["name"])
         if asset is None:
             return web.json_response({"error": "no such asset"}, status=404)
         content_type, data = asset

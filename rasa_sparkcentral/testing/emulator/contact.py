@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from rasa_sparkcentral.signature import sign_with_secret
 
+# Restated on purpose (not imported from rasa_sparkcentral.protocol): the emulator plays
+# Sparkcentral, so the event names it sends must not follow a typo in the channel's copy.
 EVENT_CONVERSATION_STARTED = "CONVERSATION_STARTED"
 EVENT_CONVERSATION_DELEGATED = "CONVERSATION_DELEGATED"
 EVENT_INBOUND_MESSAGE_RECEIVED = "INBOUND_MESSAGE_RECEIVED"

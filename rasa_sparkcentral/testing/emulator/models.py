@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from rasa_sparkcentral.signature import decode_secret
 
 QUEUE_BOT = "bot"
 QUEUE_NEW = "new"
@@ -17,6 +20,64 @@ SENDER_AGENT = "agent"
 SENDER_SYSTEM = "system"
 
 JSONDict = Dict[str, Any]
+
+
+class EmulatorSettings:
+    """What the emulator is configured with; one object shared by its parts (see server.py).
+
+    Setting ``shared_secret`` checks it and keeps its decoded key for signing.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        shared_secret: str,
+        webhook_url: str,
+        token_lifetime: float,
+        known_topics: Optional[Iterable[str]],
+        accept_extended_fields: bool,
+        webhook_timeout: float,
+        max_calls: Optional[int],
+        max_attachment_size: int,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.shared_key = decode_secret(shared_secret)
+        self._shared_secret = shared_secret
+        self.webhook_url = webhook_url
+        self.token_lifetime = token_lifetime
+        self.known_topics: Optional[Set[str]] = (
+            set(known_topics) if known_topics is not None else None
+        )
+        self.accept_extended_fields = accept_extended_fields
+        self.webhook_timeout = webhook_timeout
+        self.max_calls = max_calls
+        self.max_attachment_size = max_attachment_size
+
+    @property
+    def shared_secret(self) -> str:
+        return self._shared_secret
+
+    @shared_secret.setter
+    def shared_secret(self, value: str) -> None:
+        self.shared_key = decode_secret(value)
+        self._shared_secret = value
+
+    def trim(self, records: List[Any]) -> None:
+        """Drop the oldest records beyond ``max_calls`` (with 10% slack)."""
+        limit = self.max_calls
+        if limit is not None and len(records) > limit + max(limit // 10, 1):
+            del records[: len(records) - limit]
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of ``raw``, None when it is not UTF-8 JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class EmulatorTimeout(AssertionError, asyncio.TimeoutError):
@@ -172,7 +233,7 @@ class Conversation:
         """Texts the bot sent; ``extended=False`` ignores ``sendMessages`` (classic mode)."""
         texts: List[str] = []
         for action in self.actions:
-            for message in _messages_of(action.body, extended):
+            for message in messages_of(action.body, extended):
                 text = message.get("text")
                 if isinstance(text, str):
                     texts.append(text)
@@ -200,7 +261,7 @@ class Conversation:
         }
 
 
-def _messages_of(body: JSONDict, extended: bool = True) -> List[JSONDict]:
+def messages_of(body: JSONDict, extended: bool = True) -> List[JSONDict]:
     """The message objects of an action body (``sendMessage`` then ``sendMessages``)."""
     messages: List[JSONDict] = []
     single = body.get("sendMessage")

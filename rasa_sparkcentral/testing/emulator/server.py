@@ -1,29 +1,25 @@
 """``SparkcentralEmulator``: a local Sparkcentral speaking the Virtual Agent protocol.
 
-Server side (what the bot calls): the OAuth2 token endpoint, the conversation endpoint, the
-attachment endpoint, and admin endpoints under ``/_emulator/``. Contact side (what the bot
-receives): signed webhook events POSTed to ``webhook_url``. Everything is recorded.
+The facade over the emulator's parts, with the public methods tests and tools use:
 
-Only the standard library, aiohttp and ``rasa_sparkcentral.signature`` are imported here.
+- ``machine.ConversationMachine``: conversations, queues, ownership, bot actions applied;
+- ``http_api.SparkcentralApi``: what the bot calls (token, conversation and attachment
+  endpoints), admin and asset routes, authentication, recording, the fault gate;
+- ``webhooks.WebhookSender``: signed webhook events POSTed to ``webhook_url``;
+- ``events.EventBus``: listeners, subscriptions (``emu.events.subscribe()``) and waits.
+
+Only the standard library, aiohttp and ``rasa_sparkcentral.signature``/``protocol`` are
+imported here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hmac
-import json
-import logging
-import secrets
-import time
-import weakref
 from types import TracebackType
 from typing import (
     Any,
-    Awaitable,
     Callable,
     Dict,
+    Generic,
     Iterable,
     List,
     Mapping,
@@ -32,68 +28,71 @@ from typing import (
     Set,
     Tuple,
     Type,
+    TypeVar,
+    overload,
 )
-from urllib.parse import parse_qs
 
-import aiohttp
 from aiohttp import web
 
-from rasa_sparkcentral.signature import SIGNATURE_HEADER, decode_secret, sign
+from rasa_sparkcentral.protocol import WEBHOOK_PATH
 
-from .admin import add_admin_routes
-from .assets import add_asset_routes, default_assets
 from .contact import (
-    ASSIGNMENT_EVENTS,
     EVENT_CONVERSATION_STARTED,
     EVENT_INBOUND_MESSAGE_RECEIVED,
-    build_envelope,
     default_channel,
     default_contact_attributes,
     default_contact_profile,
-    encode_envelope,
     new_conversation_id,
 )
-from .faults import Fault, FaultPlan, next_token_sequence
+from .events import EventBus, Listener
+from .faults import FaultPlan
+from .http_api import SparkcentralApi
+from .machine import ConversationMachine
 from .models import (
     QUEUE_BOT,
     QUEUE_NEW,
     QUEUE_RESOLVED,
-    SENDER_AGENT,
-    SENDER_BOT,
-    SENDER_CONTACT,
-    SENDER_SYSTEM,
-    BotAction,
     Conversation,
-    EmulatorEvent,
+    EmulatorSettings,
     EmulatorTimeout,
     JSONDict,
     RecordedCall,
-    TranscriptEntry,
     UnknownField,
     WebhookResult,
-    _messages_of,
 )
-
-logger = logging.getLogger(__name__)
+from .webhooks import WebhookSender
 
 DEFAULT_CLIENT_ID = "emulator-client"
 DEFAULT_CLIENT_SECRET = "emulator-secret"
 DEFAULT_SHARED_SECRET = "5eca2a1c0ffee0ddba11ad5eed5a1ad0b5e55edf00d5ca1ab1ec0debabe5f00d"
-DEFAULT_WEBHOOK_URL = "http://127.0.0.1:5005/webhooks/sparkcentral/webhook"
+DEFAULT_WEBHOOK_URL = f"http://127.0.0.1:5005{WEBHOOK_PATH}"
 
-TOKEN_PATH = "/virtual-agent/oauth2/token"
-CONVERSATION_PATH = "/virtual-agent/conversations/{conversationId}"
-ATTACHMENT_PATH = "/virtual-agent/conversations/{conversationId}/attachments/{filename}"
-ADMIN_PREFIX = "/_emulator/"
+T = TypeVar("T")
 
-COMPLETE_VALUES = ("HANDOVER", "RESOLVED")
-TYPING_VALUES = ("START", "STOP")
-CLASSIC_FIELDS = ("sendMessage", "applyTopics", "complete")
-EXTENDED_FIELDS = ("sendMessages", "setContactAttributes", "indicateTyping")
-MESSAGE_FIELDS = ("text", "attachment")
 
-Listener = Callable[[EmulatorEvent], None]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+class _Forward(Generic[T]):
+    """An attribute of the facade that lives on one of its parts (read and write)."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Forward[T]: ...
+
+    @overload
+    def __get__(self, obj: SparkcentralEmulator, owner: type) -> T: ...
+
+    def __get__(self, obj: Optional[SparkcentralEmulator], owner: type) -> Any:
+        if obj is None:
+            return self
+        return getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj: SparkcentralEmulator, value: T) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
 
 
 class SparkcentralEmulator:
@@ -109,6 +108,30 @@ class SparkcentralEmulator:
     ``webhook_deliveries`` (oldest dropped) for long benchmarks.
     """
 
+    # settings (shared by every part)
+    client_id: _Forward[str] = _Forward("settings")
+    client_secret: _Forward[str] = _Forward("settings")
+    shared_secret: _Forward[str] = _Forward("settings")
+    webhook_url: _Forward[str] = _Forward("settings")
+    token_lifetime: _Forward[float] = _Forward("settings")
+    known_topics: _Forward[Optional[Set[str]]] = _Forward("settings")
+    accept_extended_fields: _Forward[bool] = _Forward("settings")
+    webhook_timeout: _Forward[float] = _Forward("settings")
+    max_calls: _Forward[Optional[int]] = _Forward("settings")
+    max_attachment_size: _Forward[int] = _Forward("settings")
+    # the HTTP API: fault gate, assets, recorded calls, counters
+    faults: _Forward[FaultPlan] = _Forward("api")
+    assets: _Forward[Dict[str, Tuple[str, bytes]]] = _Forward("api")
+    calls: _Forward[List[RecordedCall]] = _Forward("api")
+    token_requests: _Forward[int] = _Forward("api")
+    connections_opened: _Forward[int] = _Forward("api")
+    # the state machine
+    conversations: _Forward[Dict[str, Conversation]] = _Forward("machine")
+    unknown_fields: _Forward[List[UnknownField]] = _Forward("machine")
+    webhook_answer_errors: _Forward[List[str]] = _Forward("machine")
+    # the webhook sender
+    webhook_deliveries: _Forward[List[WebhookResult]] = _Forward("sender")
+
     def __init__(
         self,
         *,
@@ -123,54 +146,32 @@ class SparkcentralEmulator:
         max_calls: Optional[int] = None,
         max_attachment_size: int = 25 * 1024 * 1024,
     ) -> None:
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self._shared_key = decode_secret(shared_secret)
-        self._shared_secret = shared_secret
-        self.webhook_url = webhook_url
-        self.token_lifetime = token_lifetime
-        self.known_topics: Optional[Set[str]] = (
-            set(known_topics) if known_topics is not None else None
+        self.settings = EmulatorSettings(
+            client_id=client_id,
+            client_secret=client_secret,
+            shared_secret=shared_secret,
+            webhook_url=webhook_url,
+            token_lifetime=token_lifetime,
+            known_topics=known_topics,
+            accept_extended_fields=accept_extended_fields,
+            webhook_timeout=webhook_timeout,
+            max_calls=max_calls,
+            max_attachment_size=max_attachment_size,
         )
-        self.accept_extended_fields = accept_extended_fields
-        self.webhook_timeout = webhook_timeout
-        self.max_calls = max_calls
-        self.max_attachment_size = max_attachment_size
-
-        self.faults = FaultPlan()
-        self.assets: Dict[str, Tuple[str, bytes]] = default_assets()
-        """Files served under /_emulator/assets/{name} (see emulator.assets)."""
-        self.calls: List[RecordedCall] = []
-        self.conversations: Dict[str, Conversation] = {}
-        self.unknown_fields: List[UnknownField] = []
-        self.webhook_deliveries: List[WebhookResult] = []
-        self.webhook_answer_errors: List[str] = []
-        self.token_requests = 0
-        """Tokens successfully issued."""
-        self.connections_opened = 0
-        """TCP connections that carried a request to the emulator (for connection-reuse
-        checks): counted when a connection's first request arrives."""
-
-        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-
-        self._tokens: Dict[str, Tuple[float, int]] = {}
-        self._listeners: List[Listener] = []
-        self._waiters: Set[asyncio.Future[None]] = set()
+        self.events = EventBus()
+        """Listeners and subscriptions: ``async with emu.events.subscribe() as events``."""
+        self.machine = ConversationMachine(self.settings, self.events)
+        self.api = SparkcentralApi(self.settings, self.machine, self.events)
+        self.sender = WebhookSender(self.settings, self.machine, self.events)
         self._runner: Optional[web.AppRunner] = None
         self._base_url: Optional[str] = None
-        self._session: Optional[aiohttp.ClientSession] = None
-        self.app = self._build_app()
+        self.app = self.api.build_app(self)
+
+    @property
+    def bus(self) -> EventBus:
+        return self.events
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def shared_secret(self) -> str:
-        return self._shared_secret
-
-    @shared_secret.setter
-    def shared_secret(self, value: str) -> None:
-        self._shared_key = decode_secret(value)
-        self._shared_secret = value
-
     @property
     def base_url(self) -> str:
         """``http://host:port`` once started (the REST base URL to give the connector)."""
@@ -215,9 +216,7 @@ class SparkcentralEmulator:
 
     async def stop(self) -> None:
         """Stop serving and close the webhook client session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.sender.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -240,48 +239,23 @@ class SparkcentralEmulator:
 
         Issued tokens stay valid, so a connector's cached token keeps working.
         """
-        self.calls.clear()
-        self.conversations.clear()
-        self.unknown_fields.clear()
-        self.webhook_deliveries.clear()
-        self.webhook_answer_errors.clear()
-        self.token_requests = 0
-        self.connections_opened = 0  # connections open now are not counted again
-        cutoff = self.faults.token_cutoff
-        self.faults = FaultPlan()
-        self.faults.token_cutoff = cutoff
-        self._notify()
+        self.api.reset()
+        self.machine.reset()
+        self.sender.reset()
+        self.events.notify()
 
     @property
     def connections_open(self) -> int:
         """TCP connections to the emulator that are open right now."""
-        return sum(1 for transport in list(self._connections) if not transport.is_closing())
-
-    def _count_connection(self, request: web.Request) -> None:
-        transport = request.transport
-        if transport is not None and transport not in self._connections:
-            self._connections.add(transport)
-            self.connections_opened += 1
+        return self.api.connections_open
 
     # ------------------------------------------------------------------ listeners / waiting
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every served call, transcript entry and webhook."""
-        self._listeners.append(listener)
+        self.events.add_listener(listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
-
-    def _emit(self, event: EmulatorEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not break the server
-                logger.exception("emulator listener failed")
-
-    def _notify(self) -> None:
-        for waiter in list(self._waiters):
-            if not waiter.done():
-                waiter.set_result(None)
+        self.events.remove_listener(listener)
 
     async def wait_for(
         self,
@@ -296,24 +270,12 @@ class SparkcentralEmulator:
         Raises ``EmulatorTimeout`` (an AssertionError and an asyncio.TimeoutError) carrying
         the transcript.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                what = description or getattr(predicate, "__name__", "a condition")
-                raise EmulatorTimeout(
-                    f"timed out after {timeout:g}s waiting for {what}\n"
-                    f"--- transcript ---\n{self.transcript_text(conversation_id)}"
-                )
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            try:
-                await asyncio.wait_for(waiter, min(remaining, 0.25))
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self._waiters.discard(waiter)
+        if not await self.bus.wait_until(predicate, timeout):
+            what = description or getattr(predicate, "__name__", "a condition")
+            raise EmulatorTimeout(
+                f"timed out after {timeout:g}s waiting for {what}\n"
+                f"--- transcript ---\n{self.transcript_text(conversation_id)}"
+            )
 
     async def wait_for_bot_messages(
         self, conversation_id: str, count: int, timeout: float = 30.0
@@ -343,10 +305,7 @@ class SparkcentralEmulator:
 
     # ------------------------------------------------------------------ queries
     def conversation(self, conversation_id: str) -> Conversation:
-        try:
-            return self.conversations[conversation_id]
-        except KeyError:
-            raise KeyError(f"unknown conversation {conversation_id!r}") from None
+        return self.machine.conversation(conversation_id)
 
     def actions_for(self, conversation_id: str) -> List[JSONDict]:
         """Bodies of accepted bot actions (REST and non-empty webhook answers), in order."""
@@ -363,8 +322,7 @@ class SparkcentralEmulator:
 
     def bot_texts(self, conversation_id: str) -> List[str]:
         """Texts the bot sent (``sendMessage.text`` and ``sendMessages[].text``), in order."""
-        conv = self.conversations.get(conversation_id)
-        return [] if conv is None else conv.bot_texts(self.accept_extended_fields)
+        return self.machine.bot_texts(conversation_id)
 
     def calls_to(self, path_prefix: str, method: Optional[str] = None) -> List[RecordedCall]:
         return [
@@ -380,17 +338,7 @@ class SparkcentralEmulator:
 
     def transcript_text(self, conversation_id: Optional[str] = None) -> str:
         """Human-readable transcript of one conversation, or of all of them."""
-        if conversation_id is not None:
-            conv = self.conversations.get(conversation_id)
-            if conv is None:
-                return f"(no conversation {conversation_id})"
-            return "\n".join(entry.render() for entry in conv.transcript)
-        parts = []
-        for conv in self.conversations.values():
-            lines = [f"== conversation {conv.id} (queue: {conv.queue}) =="]
-            lines.extend(entry.render() for entry in conv.transcript)
-            parts.append("\n".join(lines))
-        return "\n\n".join(parts) if parts else "(no conversations)"
+        return self.machine.transcript_text(conversation_id)
 
     def stats(self) -> JSONDict:
         by_status: Dict[str, int] = {}
@@ -402,7 +350,7 @@ class SparkcentralEmulator:
         for conv in self.conversations.values():
             queues[conv.queue] = queues.get(conv.queue, 0) + 1
             actions += len(conv.actions)
-            bot_messages += sum(len(self._messages(a.body)) for a in conv.actions)
+            bot_messages += sum(len(self.machine.messages(a.body)) for a in conv.actions)
         return {
             "tokenRequests": self.token_requests,
             "calls": len(self.calls),
@@ -468,7 +416,7 @@ class SparkcentralEmulator:
         """
         conv = self.conversation(conversation_id)
         if conv.queue != QUEUE_BOT and not force:
-            self._add_entry(conv, TranscriptEntry(sender=SENDER_CONTACT, text=text))
+            self.machine.contact_writes_to_people(conv, text)
             return WebhookResult(
                 status=0,
                 json=None,
@@ -495,8 +443,7 @@ class SparkcentralEmulator:
 
     def agent_says(self, conversation_id: str, text: str) -> None:
         """A human agent replies to the contact (transcript only; the bot is not told)."""
-        conv = self.conversation(conversation_id)
-        self._add_entry(conv, TranscriptEntry(sender=SENDER_AGENT, text=text))
+        self.machine.agent_says(conversation_id, text)
 
     async def deliver(
         self,
@@ -531,562 +478,20 @@ class SparkcentralEmulator:
         "bot" queue (created if needed); INBOUND_MESSAGE_RECEIVED adds the contact's message
         to the transcript (creating an unknown conversation in the "bot" queue).
         """
-        if copies < 1:
-            raise ValueError("copies must be >= 1")
-        payload: JSONDict = dict(data) if data is not None else {}
-        conversation_id = payload.get("conversationId")
-        cid = conversation_id if isinstance(conversation_id, str) else None
-        if raw_body is None:
-            envelope = build_envelope(event_type, payload, idempotency_key=idempotency_key)
-            body = encode_envelope(envelope)
-            key: Optional[str] = str(envelope["idempotencyKey"])
-            self._before_delivery(event_type, payload)
-        else:
-            body = raw_body
-            key = idempotency_key
-        send_headers: Dict[str, str] = {
-            "Content-Type": "application/json",
-            "User-Agent": "Sparkcentral-Emulator (rasa_sparkcentral)",
-        }
-        if signature is not None:
-            send_headers[SIGNATURE_HEADER] = signature
-        elif sign:
-            send_headers[SIGNATURE_HEADER] = self.sign(body)
-        if headers:
-            send_headers.update(headers)
-        targets = list(urls) if urls else [url or self.webhook_url]
-
-        async def one(copy: int) -> WebhookResult:
-            target = targets[copy % len(targets)]
-            return await self._post_webhook(target, body, send_headers, key, event_type, cid)
-
-        if copies == 1:
-            result = await one(0)
-            result.results = [result]
-            return result
-        if concurrent:
-            results = list(await asyncio.gather(*(one(i) for i in range(copies))))
-        else:
-            results = [await one(i) for i in range(copies)]
-        first = results[0]
-        first.results = results
-        return first
+        return await self.sender.deliver(
+            event_type,
+            data,
+            idempotency_key=idempotency_key,
+            raw_body=raw_body,
+            signature=signature,
+            sign=sign,
+            headers=headers,
+            copies=copies,
+            concurrent=concurrent,
+            url=url,
+            urls=urls,
+        )
 
     def sign(self, body: bytes) -> str:
         """The X-Sparkcentral-Signature of ``body`` under the shared secret."""
-        return sign(self._shared_key, body)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        return self._session
-
-    async def _post_webhook(
-        self,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        key: Optional[str],
-        event_type: str,
-        conversation_id: Optional[str],
-    ) -> WebhookResult:
-        started = time.perf_counter()
-        timeout = aiohttp.ClientTimeout(total=self.webhook_timeout)
-        async with self._client().post(
-            url, data=body, headers=dict(headers), timeout=timeout
-        ) as response:
-            raw = await response.read()
-            status = response.status
-            response_headers = dict(response.headers.items())
-        elapsed = time.perf_counter() - started
-        text = raw.decode("utf-8", "replace")
-        parsed: Any = None
-        if text.strip():
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-        result = WebhookResult(
-            status=status,
-            json=parsed,
-            text=text,
-            elapsed=elapsed,
-            idempotency_key=key,
-            event_type=event_type,
-            conversation_id=conversation_id,
-            body=body,
-            headers=response_headers,
-        )
-        self._apply_webhook_answer(result)
-        self.webhook_deliveries.append(result)
-        self._trim(self.webhook_deliveries)
-        self._emit(
-            EmulatorEvent(
-                kind="webhook",
-                line=(
-                    f"-> {event_type} {conversation_id or '-'}: {status} "
-                    f"({elapsed * 1000:.0f} ms){' ' + text.strip() if text.strip() else ''}"
-                ),
-                conversation_id=conversation_id,
-                result=result,
-            )
-        )
-        self._notify()
-        return result
-
-    def _before_delivery(self, event_type: str, data: JSONDict) -> None:
-        cid = data.get("conversationId")
-        if not isinstance(cid, str):
-            return
-        if event_type in ASSIGNMENT_EVENTS:
-            conv = self.conversations.get(cid)
-            if conv is None:
-                conv = Conversation(id=cid)
-                self.conversations[cid] = conv
-            profile = data.get("contactProfile")
-            if isinstance(profile, dict):
-                conv.contact_profile = dict(profile)
-            attributes = data.get("contactAttributes")
-            if isinstance(attributes, list):
-                conv.contact_attributes = [dict(a) for a in attributes if isinstance(a, dict)]
-            medium = data.get("medium")
-            if isinstance(medium, dict) and isinstance(medium.get("id"), str):
-                conv.medium = medium["id"]
-            elif isinstance(medium, str):
-                conv.medium = medium
-            channel = data.get("channel")
-            if isinstance(channel, dict):
-                conv.channel = dict(channel)
-            conv.queue = QUEUE_BOT
-            conv.typing = None
-            conv.assignments += 1
-            self._add_entry(
-                conv,
-                TranscriptEntry(sender=SENDER_SYSTEM, text=f"[{event_type} -> bot queue]"),
-            )
-        elif event_type == EVENT_INBOUND_MESSAGE_RECEIVED:
-            conv = self.conversations.get(cid)
-            if conv is None:
-                conv = Conversation(id=cid, assignments=1)
-                self.conversations[cid] = conv
-            message = data.get("message")
-            text = message.get("text") if isinstance(message, dict) else None
-            self._add_entry(
-                conv,
-                TranscriptEntry(
-                    sender=SENDER_CONTACT, text=text if isinstance(text, str) else None
-                ),
-            )
-
-    def _apply_webhook_answer(self, result: WebhookResult) -> None:
-        if result.status != 200:
-            return
-        where = f"{result.event_type} {result.conversation_id} ({result.idempotency_key})"
-        if result.json is None:
-            if result.text.strip():
-                result.error = "webhook answer is not JSON"
-            else:
-                result.error = "webhook answered 200 with an empty body (expected {})"
-        elif not isinstance(result.json, dict):
-            result.error = "webhook answer is not a JSON object"
-        elif any(value is not None for value in result.json.values()):
-            conv = (
-                self.conversations.get(result.conversation_id) if result.conversation_id else None
-            )
-            if conv is None:
-                result.error = "webhook answer for an unknown conversation"
-            elif conv.queue != QUEUE_BOT:
-                result.error = f"conversation is in the {conv.queue!r} queue, not the bot's"
-            else:
-                result.error = self._validate(conv, result.json)
-                if result.error is None:
-                    self._apply(conv, result.json, via="webhook")
-                    result.applied = True
-        if result.error is not None:
-            self.webhook_answer_errors.append(f"{where}: {result.error}")
-            self._trim(self.webhook_answer_errors)
-
-    # ------------------------------------------------------------------ actions
-    def _validate(self, conv: Conversation, payload: JSONDict) -> Optional[str]:
-        known = self._known_fields()
-        for name, value in payload.items():
-            if name not in known or value is None:
-                continue
-            if name == "sendMessage":
-                error = self._validate_message(conv, value, "sendMessage")
-            elif name == "applyTopics":
-                error = _validate_str_list(value, "applyTopics")
-            elif name == "complete":
-                error = (
-                    None
-                    if value in COMPLETE_VALUES
-                    else f'complete must be null, "HANDOVER" or "RESOLVED", not {value!r}'
-                )
-            elif name == "sendMessages":
-                if not isinstance(value, list):
-                    error = "sendMessages must be a list of messages"
-                else:
-                    error = None
-                    for index, message in enumerate(value):
-                        error = self._validate_message(conv, message, f"sendMessages[{index}]")
-                        if error:
-                            break
-            elif name == "setContactAttributes":
-                if not isinstance(value, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-                ):
-                    error = "setContactAttributes must be an object of string values"
-                else:
-                    error = None
-            else:  # indicateTyping
-                error = (
-                    None
-                    if value in TYPING_VALUES
-                    else f'indicateTyping must be "START" or "STOP", not {value!r}'
-                )
-            if error:
-                return error
-        return None
-
-    def _known_fields(self) -> Tuple[str, ...]:
-        if self.accept_extended_fields:
-            return CLASSIC_FIELDS + EXTENDED_FIELDS
-        return CLASSIC_FIELDS
-
-    @staticmethod
-    def _validate_message(conv: Conversation, message: Any, where: str) -> Optional[str]:
-        if not isinstance(message, dict):
-            return f"{where} must be an object"
-        text = message.get("text")
-        attachment = message.get("attachment")
-        if text is not None and not isinstance(text, str):
-            return f"{where}.text must be a string"
-        if attachment is not None and not isinstance(attachment, str):
-            return f"{where}.attachment must be a string (the filename of an uploaded file)"
-        if not text and attachment is None:
-            return f"{where} has neither a text nor an attachment"
-        if attachment is not None and attachment not in conv.attachments:
-            return (
-                f"{where}.attachment {attachment!r} was not uploaded for conversation "
-                f"{conv.id}: PUT /virtual-agent/conversations/{conv.id}/attachments/"
-                f"{attachment} first"
-            )
-        return None
-
-    def _apply(self, conv: Conversation, payload: JSONDict, via: str) -> None:
-        conv.actions.append(BotAction(body=payload, via=via))
-        known = self._known_fields()
-        for name, value in payload.items():
-            if name not in known:
-                self.unknown_fields.append(UnknownField(conv.id, name, value, via))
-        for message in self._messages(payload):
-            for key, value in message.items():
-                if key not in MESSAGE_FIELDS:
-                    self.unknown_fields.append(
-                        UnknownField(conv.id, f"sendMessage.{key}", value, via)
-                    )
-            attachment = message.get("attachment")
-            content_type: Optional[str] = None
-            size: Optional[int] = None
-            if isinstance(attachment, str):
-                content_type, data = conv.attachments[attachment]
-                size = len(data)
-            self._add_entry(
-                conv,
-                TranscriptEntry(
-                    sender=SENDER_BOT,
-                    text=message.get("text") or None,
-                    attachment=attachment,
-                    via=via,
-                    content_type=content_type,
-                    size=size,
-                ),
-            )
-        extended = self.accept_extended_fields
-        attributes = payload.get("setContactAttributes") if extended else None
-        if isinstance(attributes, dict) and attributes:
-            for key, value in attributes.items():
-                for existing in conv.contact_attributes:
-                    if existing.get("attribute") == key:
-                        existing["value"] = value
-                        break
-                else:
-                    conv.contact_attributes.append(
-                        {"attribute": key, "value": value, "source": "VIRTUAL_AGENT"}
-                    )
-            shown = ", ".join(f"{k}={v}" for k, v in attributes.items())
-            self._add_entry(conv, _system(f"[contact attributes: {shown}]", via))
-        typing = payload.get("indicateTyping") if extended else None
-        if isinstance(typing, str):
-            conv.typing = typing
-        topics = payload.get("applyTopics")
-        if isinstance(topics, list):
-            applied = [t for t in topics if self.known_topics is None or t in self.known_topics]
-            ignored = [t for t in topics if t not in applied]
-            conv.topics.update(applied)
-            conv.ignored_topics.extend(ignored)
-            line = f"[topics: {', '.join(applied)}]"
-            if ignored:
-                line += f" (ignored unknown: {', '.join(ignored)})"
-            self._add_entry(conv, _system(line, via))
-        complete = payload.get("complete")
-        if complete == "HANDOVER":
-            conv.queue = QUEUE_NEW
-            conv.typing = None
-            self._add_entry(conv, _system("[HANDOVER -> new queue]", via))
-        elif complete == "RESOLVED":
-            conv.queue = QUEUE_RESOLVED
-            conv.typing = None
-            self._add_entry(conv, _system("[RESOLVED -> conversation closed]", via))
-        self._notify()
-
-    def _messages(self, payload: JSONDict) -> List[JSONDict]:
-        return _messages_of(payload, self.accept_extended_fields)
-
-    def _add_entry(self, conv: Conversation, entry: TranscriptEntry) -> None:
-        conv.transcript.append(entry)
-        self._emit(
-            EmulatorEvent(
-                kind="transcript",
-                line=f"[{conv.id}] {entry.render()}",
-                conversation_id=conv.id,
-                entry=entry,
-            )
-        )
-        self._notify()
-
-    def _trim(self, records: List[Any]) -> None:
-        limit = self.max_calls
-        if limit is not None and len(records) > limit + max(limit // 10, 1):
-            del records[: len(records) - limit]
-
-    # ------------------------------------------------------------------ HTTP server
-    def _build_app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self._recording_middleware()],
-            client_max_size=max(self.max_attachment_size, 1024 * 1024) + 1,
-        )
-        app.router.add_post(TOKEN_PATH, self._handle_token)
-        app.router.add_post(CONVERSATION_PATH, self._handle_conversation)
-        app.router.add_put(ATTACHMENT_PATH, self._handle_attachment)
-        add_admin_routes(app, self)
-        add_asset_routes(app, self)
-        return app
-
-    def _recording_middleware(self) -> Any:
-        emulator = self
-
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            status = 500
-            response_json: Any = None
-            body = b""
-            emulator._count_connection(request)
-            try:
-                body = await request.read()
-                response = await handler(request)
-                status = response.status
-                if isinstance(response, web.Response) and isinstance(response.body, bytes):
-                    response_json = _parse_json(response.body)
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                if not request.path.startswith(ADMIN_PREFIX):
-                    emulator._record_call(request, body, status, response_json)
-
-        return record
-
-    def _record_call(
-        self, request: web.Request, body: bytes, status: int, response_json: Any
-    ) -> None:
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            headers=dict(request.headers.items()),
-            body=body,
-            json=_parse_json(body) if body else None,
-            status=status,
-            at=time.monotonic(),
-            query=dict(request.query.items()),
-            response_json=response_json,
-            fault=request.get("fault"),
-        )
-        self.calls.append(call)
-        self._trim(self.calls)
-        self._emit(
-            EmulatorEvent(
-                kind="call",
-                line=f"<- {call.method} {call.path}: {status}"
-                + (f" (fault: {call.fault})" if call.fault else ""),
-                conversation_id=call.conversation_id,
-                call=call,
-            )
-        )
-        self._notify()
-
-    @staticmethod
-    def _fault_response(request: web.Request, fault: Fault) -> web.Response:
-        request["fault"] = fault.kind
-        return web.json_response(fault.body(), status=fault.status, headers=fault.headers())
-
-    async def _handle_token(self, request: web.Request) -> web.StreamResponse:
-        if self.faults.token_delay > 0:
-            await asyncio.sleep(self.faults.token_delay)
-        fault = self.faults.take_token_fault()
-        if fault is not None:
-            return self._fault_response(request, fault)
-        if not self._basic_auth_ok(request.headers.get("Authorization")):
-            return web.json_response(
-                {"error": "invalid_client"},
-                status=401,
-                headers={"WWW-Authenticate": 'Basic realm="sparkcentral"'},
-            )
-        form = parse_qs((await request.read()).decode("utf-8", "replace"))
-        grant = form.get("grant_type", [""])[0]
-        if grant != "client_credentials":
-            return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        token = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        if len(self._tokens) >= 256:
-            self._tokens = {
-                t: (exp, seq)
-                for t, (exp, seq) in self._tokens.items()
-                if exp > now and self.faults.token_valid(seq)
-            }
-        self._tokens[token] = (now + self.token_lifetime, next_token_sequence())
-        self.token_requests += 1
-        self._emit(EmulatorEvent(kind="token", line=f"token issued ({self.token_requests})"))
-        answer: JSONDict = {
-            "access_token": token,
-            "token_type": "bearer",
-            "expires_in": int(self.token_lifetime),
-        }
-        scope = form.get("scope")
-        if scope:
-            answer["scope"] = scope[0]
-        return web.json_response(
-            answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
-        )
-
-    def _basic_auth_ok(self, header: Optional[str]) -> bool:
-        if not header:
-            return False
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        client_id, sep, client_secret = decoded.partition(":")
-        if not sep:
-            return False
-        id_ok = hmac.compare_digest(client_id.encode(), self.client_id.encode())
-        secret_ok = hmac.compare_digest(client_secret.encode(), self.client_secret.encode())
-        return id_ok and secret_ok
-
-    def _bearer_ok(self, header: Optional[str]) -> bool:
-        if not header:
-            return False
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        issued = self._tokens.get(token.strip())
-        if issued is None:
-            return False
-        expires_at, sequence = issued
-        return time.monotonic() < expires_at and self.faults.token_valid(sequence)
-
-    async def _rest_gate(
-        self, request: web.Request
-    ) -> Tuple[Optional[Conversation], Optional[web.Response]]:
-        """Delay, faults, Bearer token, then the conversation must be with the bot."""
-        if self.faults.delay > 0:
-            await asyncio.sleep(self.faults.delay)
-        fault = self.faults.take_rest_fault()
-        if fault is not None:
-            return None, self._fault_response(request, fault)
-        if not self._bearer_ok(request.headers.get("Authorization")):
-            return None, web.json_response(
-                {"error": "invalid_token", "message": "missing, unknown or expired token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        cid = request.match_info["conversationId"]
-        conv = self.conversations.get(cid)
-        if conv is None or conv.queue != QUEUE_BOT:
-            where = "unknown" if conv is None else f"in the {conv.queue!r} queue"
-            return None, web.json_response(
-                {
-                    "error": "not_found",
-                    "message": f"conversation {cid} is not assigned to this virtual agent "
-                    f"({where})",
-                },
-                status=404,
-            )
-        return conv, None
-
-    async def _handle_conversation(self, request: web.Request) -> web.StreamResponse:
-        conv, refusal = await self._rest_gate(request)
-        if refusal is not None or conv is None:
-            assert refusal is not None
-            return refusal
-        payload = _parse_json(await request.read())
-        if not isinstance(payload, dict):
-            return web.json_response(
-                {"error": "bad_request", "message": "the body must be a JSON object"},
-                status=400,
-            )
-        error = self._validate(conv, payload)
-        if error is not None:
-            return web.json_response({"error": "bad_request", "message": error}, status=400)
-        self._apply(conv, payload, via="rest")
-        return web.json_response({})
-
-    async def _handle_attachment(self, request: web.Request) -> web.StreamResponse:
-        conv, refusal = await self._rest_gate(request)
-        if refusal is not None or conv is None:
-            assert refusal is not None
-            return refusal
-        filename = request.match_info["filename"]
-        content_type = request.headers.get("Content-Type", "").strip()
-        body = await request.read()
-
-        def bad(message: str, status: int = 400) -> web.Response:
-            return web.json_response({"error": "bad_request", "message": message}, status=status)
-
-        if not content_type:
-            return bad("a Content-Type header is required")
-        if request.content_length is None:
-            return bad("a Content-Length header is required", 411)
-        if not body:
-            return bad("the attachment is empty")
-        if request.content_length != len(body):
-            return bad(
-                f"Content-Length {request.content_length} does not match the body "
-                f"({len(body)} bytes)"
-            )
-        if len(body) > self.max_attachment_size:
-            return bad(f"attachment larger than {self.max_attachment_size} bytes", 413)
-        conv.attachments[filename] = (content_type, body)
-        self._notify()
-        return web.json_response({})
-
-
-def _system(text: str, via: Optional[str] = None) -> TranscriptEntry:
-    return TranscriptEntry(sender=SENDER_SYSTEM, text=text, via=via)
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _validate_str_list(value: Any, name: str) -> Optional[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        return f"{name} must be a list of strings"
-    return None
+        return self.sender.sign(body)
