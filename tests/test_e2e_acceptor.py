@@ -8,13 +8,13 @@ import aiohttp
 
 from rasa_sparkcentral.protocol import SIGNATURE_HEADER, WEBHOOK_PATH
 from rasa_sparkcentral.signature import sign_with_secret
-from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing import processes
 from tests.helpers import compact, get_tracker, response_text, say_and_wait, user_texts
 from tests.support import BotStarter, RasaHandle
 
 
 async def _acceptor_bot(start_bot: BotStarter) -> RasaHandle:
-    port = servers.free_port()
+    port = processes.free_port()
     handle = await start_bot(
         name="rasa-acceptor", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
     )

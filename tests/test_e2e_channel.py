@@ -14,7 +14,7 @@ import pytest
 
 from rasa_sparkcentral.protocol import CREDENTIALS_KEY, HEALTH_PATH, SIGNATURE_HEADER
 from rasa_sparkcentral.signature import sign_with_secret
-from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import DEFAULT_SHARED_SECRET
 from tests.helpers import (
     compact,
@@ -222,7 +222,7 @@ def test_bad_setting_stops_rasa_run_with_one_clear_line(
     credentials.write_text(
         f"{CREDENTIALS_KEY}:\n" + "".join(f"  {k}: {v}\n" for k, v in settings.items())
     )
-    endpoints = servers.write_endpoints(tmp_path / "endpoints.yml", action_url=None)
+    endpoints = processes.write_endpoints(tmp_path / "endpoints.yml", action_url=None)
     result = subprocess.run(
         [
             sys.executable,
@@ -236,12 +236,12 @@ def test_bad_setting_stops_rasa_run_with_one_clear_line(
             "--endpoints",
             str(endpoints),
             "--port",
-            str(servers.free_port()),
+            str(processes.free_port()),
             "-i",
             "127.0.0.1",
         ],
         cwd=tmp_path,
-        env=servers.base_env(),
+        env=processes.base_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

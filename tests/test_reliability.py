@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Dict, Iterator, List
 import pytest
 import pytest_asyncio
 
-from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.helpers import get_tracker, response_text, settle
 from tests.support import BOT_DIR, BotStarter, RasaHandle
@@ -54,7 +54,7 @@ MARKER = "test-process log capture check"
 class Setup:
     emulator: SparkcentralEmulator
     rasa: RasaHandle
-    action_server: servers.ManagedProcess
+    action_server: processes.ManagedProcess
     test_log: io.StringIO
 
 
@@ -84,8 +84,8 @@ async def setup(
     emulator = await start_bot.new_emulator(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET, shared_secret=SHARED_SECRET
     )
-    actions = servers.action_server(
-        BOT_DIR, servers.free_port(), server_logs / "action-server-reliability.log"
+    actions = processes.action_server(
+        BOT_DIR, processes.free_port(), server_logs / "action-server-reliability.log"
     )
     actions.argv.append("--debug")
     async with actions:

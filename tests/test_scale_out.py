@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 
 import pytest_asyncio
 
-from rasa_sparkcentral.testing import processes as servers
+from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import (
     SparkcentralEmulator,
     WebhookResult,
@@ -77,8 +77,8 @@ async def pair(start_bot: BotStarter, redis_server: ManagedProcess) -> AsyncIter
     port = redis_server.port
     common: Dict[str, Any] = {
         "emulator": emulator,
-        "tracker_store": servers.redis_tracker_store(port, db=0, key_prefix="scaleout"),
-        "lock_store": servers.redis_lock_store(port, db=1, key_prefix="scaleout"),
+        "tracker_store": processes.redis_tracker_store(port, db=0, key_prefix="scaleout"),
+        "lock_store": processes.redis_lock_store(port, db=1, key_prefix="scaleout"),
         "redis_url": f"redis://127.0.0.1:{port}/2",
     }
     a, b = await asyncio.gather(
