@@ -1,6 +1,6 @@
 """A local Sparkcentral (Virtual Agent API) for tests, benchmarks, demos and manual chats.
 
-Imports only the standard library, aiohttp and ``rasa_sparkcentral.signature``.
+Imports only the standard library, aiohttp and ``rasa_sparkcentral.signature``/``protocol``.
 
     async with SparkcentralEmulator(webhook_url=BOT_WEBHOOK_URL) as emu:
         # give emu.base_url to the connector as its base_url
@@ -24,6 +24,7 @@ from .contact import (
     new_idempotency_key,
     signed_event,
 )
+from .events import EventBus, Subscription
 from .faults import Fault, FaultPlan
 from .models import (
     QUEUE_BOT,
@@ -61,10 +62,12 @@ __all__ = [
     "Conversation",
     "EmulatorEvent",
     "EmulatorTimeout",
+    "EventBus",
     "Fault",
     "FaultPlan",
     "RecordedCall",
     "SparkcentralEmulator",
+    "Subscription",
     "TranscriptEntry",
     "UnknownField",
     "WebhookResult",

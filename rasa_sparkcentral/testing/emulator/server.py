@@ -167,10 +167,6 @@ class SparkcentralEmulator:
         self._base_url: Optional[str] = None
         self.app = self.api.build_app(self)
 
-    @property
-    def bus(self) -> EventBus:
-        return self.events
-
     # ------------------------------------------------------------------ lifecycle
     @property
     def base_url(self) -> str:
@@ -270,7 +266,7 @@ class SparkcentralEmulator:
         Raises ``EmulatorTimeout`` (an AssertionError and an asyncio.TimeoutError) carrying
         the transcript.
         """
-        if not await self.bus.wait_until(predicate, timeout):
+        if not await self.events.wait_until(predicate, timeout):
             what = description or getattr(predicate, "__name__", "a condition")
             raise EmulatorTimeout(
                 f"timed out after {timeout:g}s waiting for {what}\n"
