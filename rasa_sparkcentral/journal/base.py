@@ -139,10 +139,22 @@ class Journal(abc.ABC):
         """Open the store and release this instance's orphaned leases (returns how many)."""
         return await self.leases.release_orphans()
 
-    @abc.abstractmethod
     async def record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         """Store the event durably (before returning NEW) unless its key is known.
         Raises JournalUnavailable when it cannot."""
+        try:
+            outcome = await self._record(key, conversation_id, body)
+        except JournalUnavailable:
+            self._unavailable += 1
+            raise
+        if outcome is Accepted.NEW:
+            self._accepted += 1
+        else:
+            self._repeats += 1
+        return outcome
+
+    @abc.abstractmethod
+    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted: ...
 
     @abc.abstractmethod
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
@@ -194,13 +206,6 @@ class Journal(abc.ABC):
         await self.leases.close()
 
     # bookkeeping shared by the backends
-    def _count_record(self, outcome: Accepted) -> Accepted:
-        if outcome is Accepted.NEW:
-            self._accepted += 1
-        else:
-            self._repeats += 1
-        return outcome
-
     def _count_finish(self, entry: Entry, failed: bool) -> None:
         self._finished += 1
         if failed:

@@ -92,7 +92,7 @@ class RedisJournal(Journal):
     def _dedup(self, conversation_id: str, key: str) -> str:
         return f"{self._prefix}:{{{conversation_id}}}:key:{key}"
 
-    async def record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
+    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         state = await self.redis.eval(
             _RECORD,
             [
@@ -104,7 +104,7 @@ class RedisJournal(Journal):
             [key, body, self.instance.token, repr(time.time()), conversation_id, RECEIVED_TTL],
         )
         outcome = {b"n": Accepted.NEW, b"r": Accepted.PENDING}.get(state, Accepted.DONE)
-        return self._count_record(outcome)
+        return outcome
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         stream = self._stream(conversation_id)

@@ -60,7 +60,7 @@ class SqliteJournal(Journal):
         await self.db.open()
         return await super().start()
 
-    async def record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
+    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         token, ttl = self.instance.token, self.dedup_ttl
 
         def run(conn: sqlite3.Connection) -> Accepted:
@@ -93,7 +93,7 @@ class SqliteJournal(Journal):
             conn.execute("COMMIT")
             return Accepted.NEW
 
-        return self._count_record(await self.db.call(run))
+        return await self.db.call(run)
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         def run(conn: sqlite3.Connection) -> List[Entry]:
