@@ -28,16 +28,17 @@ def make_client(url: str, timeout: float = REDIS_TIMEOUT) -> Any:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    # One retry on a broken connection (a pooled connection to a restarted server), none
+    # on a timeout: a frozen server would only double the wait.
     return redis_asyncio.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         socket_keepalive=True,
         health_check_interval=HEALTH_CHECK_INTERVAL,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, (RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
     )
 
 
