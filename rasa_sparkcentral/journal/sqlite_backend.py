@@ -1,6 +1,9 @@
 """The embedded journal: SQLite in WAL mode on one dedicated thread (``sqlite_thread``),
-leases in the process. Default path: ``.rasa/sparkcentral-journal.sqlite3`` under the
-working directory (``rasa run`` runs in the bot project)."""
+leases in the process. Bodies live in their own table and are deleted at finish, so their
+pages are freed whole and reused (a body nulled in place would leave a hole per message
+in pages that new rows, appended at the end, never fill). Default path:
+``.rasa/sparkcentral-journal.sqlite3`` under the working directory (``rasa run`` runs in
+the bot project)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ CREATE TABLE IF NOT EXISTS journal (
   seq INTEGER PRIMARY KEY,
   key TEXT NOT NULL UNIQUE,
   conversation_id TEXT NOT NULL,
-  body BLOB,
   done INTEGER NOT NULL DEFAULT 0,
   accepted_by TEXT NOT NULL,
   accepted_at REAL NOT NULL,
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_work ON journal (conversation_id, seq) WHERE done = 0;
 CREATE INDEX IF NOT EXISTS journal_expiry ON journal (finished_at) WHERE done = 1;
+CREATE TABLE IF NOT EXISTS journal_bodies (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -63,13 +66,24 @@ class SqliteJournal(Journal):
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         token, ttl = self.instance.token, self.dedup_ttl
 
+        def insert(conn: sqlite3.Connection, now: float) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO journal (key, conversation_id, accepted_by, accepted_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, conversation_id, token, now),
+            )
+            if not cursor.rowcount:
+                return False
+            conn.execute(
+                "INSERT INTO journal_bodies (seq, body) VALUES (?, ?)", (cursor.lastrowid, body)
+            )
+            return True
+
         def run(conn: sqlite3.Connection) -> Accepted:
             now = time.time()
-            inserted = conn.execute(
-                "INSERT INTO journal (key, conversation_id, body, accepted_by, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, conversation_id, body, token, now),
-            ).rowcount
+            conn.execute("BEGIN IMMEDIATE")
+            inserted = insert(conn, now)
+            conn.execute("COMMIT")
             if inserted:
                 return Accepted.NEW
             row = conn.execute(
@@ -85,11 +99,7 @@ class SqliteJournal(Journal):
             # a key finished longer ago than dedup_ttl is new again
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM journal WHERE key = ?", (key,))
-            conn.execute(
-                "INSERT INTO journal (key, conversation_id, body, accepted_by, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key, conversation_id, body, token, now),
-            )
+            insert(conn, now)
             conn.execute("COMMIT")
             return Accepted.NEW
 
@@ -98,8 +108,9 @@ class SqliteJournal(Journal):
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         def run(conn: sqlite3.Connection) -> List[Entry]:
             rows = conn.execute(
-                "SELECT seq, key, body, accepted_by, accepted_at FROM journal"
-                " WHERE conversation_id = ? AND done = 0 ORDER BY seq LIMIT ?",
+                "SELECT j.seq, key, body, accepted_by, accepted_at FROM journal j"
+                " JOIN journal_bodies b ON b.seq = j.seq"
+                " WHERE conversation_id = ? AND done = 0 ORDER BY j.seq LIMIT ?",
                 (conversation_id, limit),
             ).fetchall()
             return [
@@ -117,12 +128,16 @@ class SqliteJournal(Journal):
         return await self.db.call(run)
 
     async def finish(self, entry: Entry, *, failed: bool = False) -> None:
+        seq = int(entry.position)
+
         def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
             changed: int = conn.execute(
-                "UPDATE journal SET done = 1, body = NULL, finished_at = ?"
-                " WHERE key = ? AND done = 0",
-                (time.time(), entry.key),
+                "UPDATE journal SET done = 1, finished_at = ? WHERE seq = ? AND done = 0",
+                (time.time(), seq),
             ).rowcount
+            conn.execute("DELETE FROM journal_bodies WHERE seq = ?", (seq,))
+            conn.execute("COMMIT")
             return changed
 
         if await self.db.call(run):
