@@ -1,0 +1,179 @@
+"""The embedded journal: SQLite in WAL mode on one dedicated thread (``sqlite_thread``),
+leases in the process. Bodies live in their own table and are deleted at finish, so their
+pages are freed whole and reused (a body nulled in place would leave a hole per message
+in pages that new rows, appended at the end, never fill). Default path:
+``.rasa/sparkcentral-journal.sqlite3`` under the working directory (``rasa run`` runs in
+the bot project)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import List, Optional, Union
+
+from rasa_sparkcentral.journal.base import (
+    CLAIM_AFTER,
+    DEDUP_TTL,
+    Accepted,
+    Entry,
+    Instance,
+    Journal,
+)
+from rasa_sparkcentral.journal.leases import LocalLeases
+from rasa_sparkcentral.journal.sqlite_thread import SqliteThread
+
+DEFAULT_PATH = Path(".rasa") / "sparkcentral-journal.sqlite3"
+#: Expired keys are deleted after this many finishes (and by ``compact``).
+COMPACT_EVERY = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+  seq INTEGER PRIMARY KEY,
+  key TEXT NOT NULL UNIQUE,
+  conversation_id TEXT NOT NULL,
+  done INTEGER NOT NULL DEFAULT 0,
+  accepted_by TEXT NOT NULL,
+  accepted_at REAL NOT NULL,
+  finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS journal_work ON journal (conversation_id, seq) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS journal_expiry ON journal (finished_at) WHERE done = 1;
+CREATE TABLE IF NOT EXISTS journal_bodies (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+"""
+
+
+class SqliteJournal(Journal):
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: Union[str, Path] = DEFAULT_PATH,
+        *,
+        instance: Optional[Instance] = None,
+        dedup_ttl: float = DEDUP_TTL,
+        claim_after: float = CLAIM_AFTER,
+    ) -> None:
+        instance = instance or Instance.create()
+        super().__init__(instance, LocalLeases(instance, claim_after), dedup_ttl=dedup_ttl)
+        self.db = SqliteThread(path, SCHEMA, "sparkcentral-journal")
+        self._since_compact = 0
+
+    async def start(self) -> int:
+        await self.db.open()
+        return await super().start()
+
+    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
+        token, ttl = self.instance.token, self.dedup_ttl
+
+        def insert(conn: sqlite3.Connection, now: float) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO journal (key, conversation_id, accepted_by, accepted_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, conversation_id, token, now),
+            )
+            if not cursor.rowcount:
+                return False
+            conn.execute(
+                "INSERT INTO journal_bodies (seq, body) VALUES (?, ?)", (cursor.lastrowid, body)
+            )
+            return True
+
+        def run(conn: sqlite3.Connection) -> Accepted:
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            inserted = insert(conn, now)
+            conn.execute("COMMIT")
+            if inserted:
+                return Accepted.NEW
+            row = conn.execute(
+                "SELECT done, finished_at FROM journal WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:  # cannot happen while this thread is the only writer
+                return Accepted.PENDING
+            done, finished_at = row
+            if not done:
+                return Accepted.PENDING
+            if finished_at >= now - ttl:
+                return Accepted.DONE
+            # a key finished longer ago than dedup_ttl is new again
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM journal WHERE key = ?", (key,))
+            insert(conn, now)
+            conn.execute("COMMIT")
+            return Accepted.NEW
+
+        return await self.db.call(run)
+
+    async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
+        def run(conn: sqlite3.Connection) -> List[Entry]:
+            rows = conn.execute(
+                "SELECT j.seq, key, body, accepted_by, accepted_at FROM journal j"
+                " JOIN journal_bodies b ON b.seq = j.seq"
+                " WHERE conversation_id = ? AND done = 0 ORDER BY j.seq LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
+            return [
+                Entry(
+                    key=key,
+                    conversation_id=conversation_id,
+                    body=bytes(body),
+                    position=str(seq),
+                    accepted_by=accepted_by,
+                    accepted_at=accepted_at,
+                )
+                for seq, key, body, accepted_by, accepted_at in rows
+            ]
+
+        return await self.db.call(run)
+
+    async def finish(self, entry: Entry, *, failed: bool = False) -> None:
+        seq = int(entry.position)
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            changed: int = conn.execute(
+                "UPDATE journal SET done = 1, finished_at = ? WHERE seq = ? AND done = 0",
+                (time.time(), seq),
+            ).rowcount
+            conn.execute("DELETE FROM journal_bodies WHERE seq = ?", (seq,))
+            conn.execute("COMMIT")
+            return changed
+
+        if await self.db.call(run):
+            self._count_finish(entry, failed)
+            self._since_compact += 1
+            if self._since_compact >= COMPACT_EVERY:
+                await self.compact()
+
+    async def compact(self) -> int:
+        self._since_compact = 0
+        horizon = time.time() - self.dedup_ttl
+
+        def run(conn: sqlite3.Connection) -> int:
+            removed: int = conn.execute(
+                "DELETE FROM journal WHERE done = 1 AND finished_at < ?", (horizon,)
+            ).rowcount
+            return removed
+
+        return await self.db.call(run)
+
+    async def conversations_with_work(self) -> List[str]:
+        def run(conn: sqlite3.Connection) -> List[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT conversation_id FROM journal WHERE done = 0"
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self.db.call(run)
+
+    async def pending(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute("SELECT COUNT(*) FROM journal WHERE done = 0").fetchone()[0]
+            return count
+
+        return await self.db.call(run)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.db.close()
