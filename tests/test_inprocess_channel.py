@@ -265,3 +265,30 @@ async def test_health_check(serve: Serve) -> None:
     ) as response:
         assert response.status == 200
         assert await response.json() == {"status": "ok", "channel": "sparkcentral"}
+
+
+# ----------------------------------------------------------------------------- webhook_port
+
+
+async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve: Serve) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = await serve(webhook_port=port, webhook_host="127.0.0.1")
+    emu = served.emulator
+    emu.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    cid = (await emu.start_conversation()).conversation_id
+    for i in range(5):
+        result = await emu.contact_says(cid, f"wait {0.02 - i * 0.004:.3f} m{i}")
+        assert (result.status, result.json) == (200, {})
+    repeated = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": cid, "message": {"text": "m5"}}, copies=3
+    )
+    assert [r.status for r in repeated.results] == [200] * 3
+    wrong = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": cid, "message": {"text": "x"}}, sign=False
+    )
+    assert wrong.status == 401
+    texts = await emu.wait_for_bot_messages(cid, 6)
+    await idle(served)
+    assert emu.bot_texts(cid) == texts == [f"echo: m{i}" for i in range(6)]
