@@ -1,7 +1,10 @@
 """The Rasa input channel: Sparkcentral's Virtual Agent webhook (``SparkcentralInput``).
 
-webhook → verify signature → parse event → dedupe → UserMessage (channel details as
-metadata) → Rasa, per conversation in arrival order → ``SparkcentralOutput`` → REST.
+Rasa's channel API, the routes and dispatch; each step has its own room:
+webhook → ``screening`` (size, signature, shape) → ``state`` (dedup, details) →
+``ordering`` (per conversation, in arrival order) → ``inbound`` (the UserMessages) → Rasa →
+``output`` → REST, or ``webhook_answer`` in reply mode "webhook". ``webhook_thread`` serves
+the webhook on ``webhook_port`` too.
 """
 
 from __future__ import annotations
