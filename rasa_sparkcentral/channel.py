@@ -1,46 +1,38 @@
 """The Rasa input channel: Sparkcentral's Virtual Agent webhook (``SparkcentralInput``).
 
-webhook → verify signature → parse event → dedupe → UserMessage (channel details as
-metadata) → Rasa, per conversation in arrival order → ``SparkcentralOutput`` → REST.
+Rasa's channel API, the routes and dispatch; each step has its own room:
+webhook → ``screening`` (size, signature, shape) → ``state`` (dedup, details) →
+``ordering`` (per conversation, in arrival order) → ``inbound`` (the UserMessages) → Rasa →
+``output`` → REST, or ``webhook_answer`` in reply mode "webhook". ``webhook_thread`` serves
+the webhook on ``webhook_port`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from rasa.core.channels.channel import InputChannel, UserMessage
-from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.exceptions import RasaException
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from rasa_sparkcentral import buttons as button_list
-from rasa_sparkcentral.acceptor import WebhookAcceptor
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import ConfigError, Settings
-from rasa_sparkcentral.output import AnswerCollector, SparkcentralOutput
-from rasa_sparkcentral.protocol import (
-    ASSIGNMENT_EVENTS,
-    CHANNEL_NAME,
-    METADATA_KEY,
-    SIGNATURE_HEADER,
-    ChannelDetails,
-    Event,
-)
-from rasa_sparkcentral.replies import merge_answer
+from rasa_sparkcentral.inbound import Inbound, channel_details, shown_buttons
+from rasa_sparkcentral.ordering import Ordering, make_tickets
+from rasa_sparkcentral.output import RestSink, SparkcentralOutput
+from rasa_sparkcentral.protocol import CHANNEL_NAME, METADATA_KEY, SIGNATURE_HEADER, Event
 from rasa_sparkcentral.screening import screen
-from rasa_sparkcentral.state import ChannelState, MemoryState, make_state
+from rasa_sparkcentral.state import ChannelState, make_state
+from rasa_sparkcentral.webhook_answer import WebhookAnswer
+from rasa_sparkcentral.webhook_thread import WebhookThread
 
 logger = logging.getLogger(__name__)
 
-Job = Callable[[], Awaitable[None]]
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
-
-RESTART_TEXT = "/restart"
 #: How long a stopping server waits for conversations still being processed.
 SHUTDOWN_GRACE = 10.0
 
@@ -81,17 +73,20 @@ class SparkcentralInput(InputChannel):
         *,
         client: Optional[SparkcentralClient] = None,
         state: Optional[ChannelState] = None,
+        ordering: Optional[Ordering] = None,
     ) -> None:
         self.settings = settings
         self.client = client or (SparkcentralClient(settings) if settings.has_api_keys else None)
         self.state = state or make_state(
             settings.redis_url, max_size=settings.cache_size, dedup_ttl=settings.dedup_ttl
         )
-        self._queues: Dict[str, Deque[Job]] = {}
-        self._tasks: Set[asyncio.Task[None]] = set()
-        self._ticketing: Dict[str, asyncio.Future[None]] = {}
-        self._turn_slots: Optional[asyncio.Semaphore] = None
-        self._acceptor: Optional[WebhookAcceptor] = None
+        self.ordering = ordering or Ordering(
+            make_tickets(settings.redis_url),
+            max_concurrent_turns=settings.max_concurrent_turns,
+            order_timeout=settings.order_timeout,
+        )
+        self.inbound = Inbound(settings)
+        self._thread: Optional[WebhookThread] = None
 
     # -- Rasa's InputChannel API --------------------------------------------------------
 
@@ -118,39 +113,37 @@ class SparkcentralInput(InputChannel):
             return await self.handle_webhook(request, on_new_message)
 
         @webhook.listener("before_server_start")
-        async def start_acceptor(app: Any, loop: Any) -> None:
+        async def start_webhook_thread(app: Any, loop: Any) -> None:
             if self.settings.webhook_port:
-                self._start_acceptor(app, on_new_message)
+                self._start_webhook_thread(app, on_new_message)
 
         @webhook.listener("after_server_stop")
         async def close(app: Any, loop: Any) -> None:
-            if self._acceptor is not None:
-                self._acceptor.stop()
+            if self._thread is not None:
+                self._thread.stop()
             await self.aclose()
 
         return webhook
 
-    def _start_acceptor(self, app: Any, on_new_message: OnNewMessage) -> None:
+    def _start_webhook_thread(self, app: Any, on_new_message: OnNewMessage) -> None:
         """Serve the webhook on ``webhook_port`` too, answered on its own thread."""
         loop = asyncio.get_running_loop()
 
         def hand_off(event: Event) -> None:
-            # runs on the acceptor's thread: schedule, in arrival order, on Rasa's loop
+            # runs on the webhook thread: schedule, in arrival order, on Rasa's loop
             agent = getattr(app.ctx, "agent", None)
             loop.call_soon_threadsafe(self._dispatch_soon, event, on_new_message, agent)
 
         port = self.settings.webhook_port
         assert port is not None
-        self._acceptor = WebhookAcceptor(self.settings, self.settings.webhook_host, port, hand_off)
-        self._acceptor.start()
+        self._thread = WebhookThread(self.settings, self.settings.webhook_host, port, hand_off)
+        self._thread.start()
 
     def _dispatch_soon(self, event: Event, on_new_message: OnNewMessage, agent: Any) -> None:
         async def accept() -> None:
             await self.dispatch(event, on_new_message, agent)
 
-        task = asyncio.create_task(accept())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.ordering.spawn(accept())
 
     # -- the webhook ------------------------------------------------------------------
 
@@ -171,19 +164,20 @@ class SparkcentralInput(InputChannel):
     ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
         """Queue an accepted event's turn; return the webhook answer and the metadata its
         messages carry (None for a repeated delivery)."""
-        collector = AnswerCollector() if self.settings.reply_mode == "webhook" else None
-        output = SparkcentralOutput(self.client, self.state, self.settings, collector)
+        rest = RestSink(self.client)
+        answer = (
+            WebhookAnswer(rest, self.settings) if self.settings.reply_mode == "webhook" else None
+        )
+        output = SparkcentralOutput(self.client, self.state, self.settings, answer or rest)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        accepting = self._accept(event, on_new_message, output, agent, done)
-        if isinstance(self.state, MemoryState):
-            metadata = await accepting  # never suspends: nothing can interrupt it
-        else:
-            # Once the delivery is claimed its turn must be queued, even if the request
-            # is cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
-            metadata = await asyncio.shield(accepting)
-        if metadata is None or collector is None:
+        # Once the delivery is claimed its turn must be queued, even if the request is
+        # cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
+        metadata = await asyncio.shield(
+            self._accept(event, on_new_message, output, agent, done, answer)
+        )
+        if metadata is None or answer is None:
             return {}, metadata
-        return await self._answer(event.conversation_id, done, collector, output), metadata
+        return await answer.answer(event.conversation_id, done), metadata
 
     async def _accept(
         self,
@@ -192,6 +186,7 @@ class SparkcentralInput(InputChannel):
         output: SparkcentralOutput,
         agent: Any,
         done: asyncio.Future[None],
+        answer: Optional[WebhookAnswer],
     ) -> Optional[Dict[str, Any]]:
         """Claim the delivery and queue its turn; return the metadata its messages carry
         (None: a repeated delivery, ignored)."""
@@ -203,292 +198,43 @@ class SparkcentralInput(InputChannel):
                 conversation_id,
             )
             return None
-        details, known = await self._details_for(event)
+        details, known = await channel_details(self.state, event)
         metadata = {METADATA_KEY: details.to_dict()}
 
-        def make_job(ticket: Optional[int]) -> Job:
-            async def job() -> None:
-                try:
-                    if ticket is not None:
-                        await self._wait_turn(conversation_id, ticket)
-                    async with self._turn_slot():
-                        messages = await self._messages_for(event, metadata, output, agent, known)
-                        for message in messages:
-                            await on_new_message(message)
-                except Exception:
-                    logger.exception(
-                        "Rasa failed to handle %s for conversation %s",
-                        event.type,
-                        conversation_id,
-                    )
-                finally:
-                    if not done.done():
-                        done.set_result(None)
-                try:
-                    if output.collector is not None:
-                        await self._send_rest_of_answer(conversation_id, output)
-                finally:
-                    if ticket is not None:
-                        await self._finish_turn(conversation_id, ticket)
-
-            return job
-
-        await self._enqueue_in_turn(conversation_id, make_job)
-        return metadata
-
-    async def _details_for(self, event: Event) -> Tuple[ChannelDetails, bool]:
-        """The conversation's channel details, and whether the channel state knew the
-        conversation already (False after a restart without Redis, say)."""
-        if event.type in ASSIGNMENT_EVENTS:
-            details = ChannelDetails.from_event(event)
-            await self.state.save_details(event.conversation_id, details.to_dict())
-            return details, True
-        stored = await self.state.load_details(event.conversation_id)
-        if stored:
-            return ChannelDetails.from_dict(stored), True
-        return ChannelDetails(conversation_id=event.conversation_id), False
-
-    async def _messages_for(
-        self,
-        event: Event,
-        metadata: Dict[str, Any],
-        output: SparkcentralOutput,
-        agent: Any,
-        known: bool,
-    ) -> List[UserMessage]:
-        """The messages one event becomes (built when its turn comes, so buttons shown by
-        the previous turn are known)."""
-        conversation_id = event.conversation_id
-        key = event.idempotency_key
-
-        def message(
-            text: str, suffix: str, parse_data: Optional[Dict[str, Any]] = None
-        ) -> UserMessage:
-            return UserMessage(
-                text=text,
-                output_channel=output,
-                sender_id=conversation_id,
-                input_channel=self.name(),
-                message_id=f"{key}{suffix}" if key else None,
-                metadata=metadata,
-                parse_data=parse_data,
-            )
-
-        if event.type in ASSIGNMENT_EVENTS:
-            # The conversation is (again) the bot's: a fresh session with fresh details.
-            # /restart also lifts the pause left by an earlier handoff.
-            messages = [message(RESTART_TEXT, ":restart")]
-            if self.settings.conversation_started_intent:
-                messages.append(message(f"/{self.settings.conversation_started_intent}", ":start"))
-            return messages
-
-        text = event.text
-        shown = await self.state.take_buttons(conversation_id)
-        if shown is None and not known:
-            shown = await buttons_from_tracker(agent, conversation_id)
-        if shown:
-            payload = button_list.match(text, shown)
-            if payload is not None:
-                text = payload
-        if text is None:
-            text = ""
-        parse_data = None
-        if self.settings.intent_topics and agent is not None and text:
-            parse_data = await agent.parse_message(text)
-            topic = self._topic_for(parse_data)
-            if topic:
-                await output.deliver(conversation_id, {"applyTopics": [topic]})
-        return [message(text, "", parse_data)]
-
-    def _topic_for(self, parse_data: Dict[str, Any]) -> Optional[str]:
-        intent = (parse_data.get("intent") or {}).get("name")
-        if not intent:
-            return None
-        mapping = self.settings.intent_topics
-        if isinstance(mapping, dict):
-            topic = mapping.get(intent)
-            return str(topic) if topic else None
-        return str(intent)
-
-    async def _answer(
-        self,
-        conversation_id: str,
-        done: asyncio.Future[None],
-        collector: AnswerCollector,
-        output: SparkcentralOutput,
-    ) -> Dict[str, Any]:
-        """Webhook reply mode: wait for the turn (up to the deadline), answer with what
-        it produced; anything the answer can't carry goes over REST."""
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout=self.settings.webhook_timeout)
-        except asyncio.TimeoutError:
-            logger.info(
-                "Conversation %s: the bot took longer than %.1fs; answering the webhook now, "
-                "later replies go over REST",
-                conversation_id,
-                self.settings.webhook_timeout,
-            )
-        answer, rest = merge_answer(
-            collector.bodies,
-            can_use_rest=self.client is not None,
-            allow_successor_fields=self.settings.allow_successor_fields,
-        )
-        collector.close(rest)
-        return answer
-
-    async def _send_rest_of_answer(self, conversation_id: str, output: SparkcentralOutput) -> None:
-        """After a turn in webhook mode: once the webhook is answered, send what the answer
-        could not carry, before the conversation's next turn."""
-        collector = output.collector
-        assert collector is not None
-        try:
-            await asyncio.wait_for(
-                collector.answered.wait(), timeout=self.settings.webhook_timeout + 1.0
-            )
-        except asyncio.TimeoutError:
-            # the webhook request went away before it was answered: everything goes over REST
-            if not collector.closed:
-                collector.close(list(collector.bodies))
-        await output.flush(conversation_id)
-
-    # -- per-conversation order -----------------------------------------------------------
-
-    def _turn_slot(self) -> asyncio.Semaphore:
-        """Bounds the turns Rasa works on at once. Rasa's NLU and policies run on the
-        event loop that also answers webhooks: fewer turns in flight keep the
-        acknowledgement fast without costing throughput."""
-        if self._turn_slots is None:
-            self._turn_slots = asyncio.Semaphore(self.settings.max_concurrent_turns)
-        return self._turn_slots
-
-    async def _enqueue_in_turn(
-        self, conversation_id: str, make_job: Callable[[Optional[int]], Job]
-    ) -> None:
-        """Take the event's turn ticket and queue its job.
-
-        With Redis state the ticket orders the conversation's events across every
-        instance, in the order the webhooks were received. Here, one event at a time per
-        conversation takes its ticket and joins the queue, so that this instance's queue
-        and the tickets agree (a later ticket ahead of an earlier one would wait for it).
-        """
-        previous = self._ticketing.get(conversation_id)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ticketing[conversation_id] = mine
-        try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            ticket: Optional[int] = None
+        async def turn() -> None:
             try:
-                ticket = await self.state.take_turn(conversation_id)
-            except Exception as e:
-                logger.error(
-                    "Conversation %s: could not take a turn ticket from the shared state "
-                    "(%s); its order across instances is not guaranteed",
-                    conversation_id,
-                    type(e).__name__,
+                planned = await self.inbound.turn(
+                    event,
+                    metadata=metadata,
+                    output=output,
+                    shown=shown_buttons(self.state, agent, conversation_id, known),
+                    parse=getattr(agent, "parse_message", None),
                 )
-            self._enqueue(conversation_id, make_job(ticket))
-        finally:
-            if not mine.done():
-                mine.set_result(None)
-            if self._ticketing.get(conversation_id) is mine:
-                del self._ticketing[conversation_id]
+                for body in planned.actions:
+                    await output.deliver(conversation_id, body)
+                for message in planned.messages:
+                    await on_new_message(message)
+            except Exception:
+                logger.exception(
+                    "Rasa failed to handle %s for conversation %s", event.type, conversation_id
+                )
 
-    async def _wait_turn(self, conversation_id: str, ticket: int) -> None:
-        """Wait until the conversation's earlier events (on any instance) are handled."""
-        timeout = self.settings.order_timeout
-        try:
-            in_turn = await self.state.wait_turn(conversation_id, ticket, timeout)
-        except Exception as e:
-            logger.error(
-                "Conversation %s: could not check the order of its messages (%s); going on",
-                conversation_id,
-                type(e).__name__,
-            )
-            return
-        if not in_turn:
-            logger.warning(
-                "Conversation %s: an earlier message was still not handled after %.0fs "
-                "(did an instance stop?); handling the next one",
-                conversation_id,
-                timeout,
-            )
+        async def then() -> None:
+            if not done.done():
+                done.set_result(None)
+            if answer is not None:
+                await answer.send_rest(conversation_id)
 
-    async def _finish_turn(self, conversation_id: str, ticket: int) -> None:
-        try:
-            await self.state.finish_turn(conversation_id, ticket)
-        except Exception as e:
-            logger.error(
-                "Conversation %s: could not record a handled message in the shared state "
-                "(%s); its next message waits up to %.0fs",
-                conversation_id,
-                type(e).__name__,
-                self.settings.order_timeout,
-            )
-
-    def _enqueue(self, conversation_id: str, job: Job) -> None:
-        """Run ``job`` after every job queued before it for the same conversation."""
-        queue = self._queues.get(conversation_id)
-        if queue is not None:
-            queue.append(job)
-            return
-        queue = deque([job])
-        self._queues[conversation_id] = queue
-        task = asyncio.create_task(self._drain(conversation_id, queue))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _drain(self, conversation_id: str, queue: Deque[Job]) -> None:
-        try:
-            while queue:
-                try:
-                    await queue[0]()
-                except Exception:
-                    logger.exception("Conversation %s: a queued job failed", conversation_id)
-                queue.popleft()
-        finally:
-            if self._queues.get(conversation_id) is queue:
-                del self._queues[conversation_id]
+        await self.ordering.submit(conversation_id, turn, then)
+        return metadata
 
     @property
     def pending_conversations(self) -> int:
-        return len(self._queues)
+        return self.ordering.pending_conversations
 
     async def aclose(self) -> None:
         """Let queued turns finish (briefly), then close the HTTP session and state."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
+        await self.ordering.aclose(SHUTDOWN_GRACE)
         if self.client is not None:
             await self.client.close()
         await self.state.close()
-
-
-async def buttons_from_tracker(agent: Any, conversation_id: str) -> Optional[List[Dict[str, str]]]:
-    """The buttons of the bot's last message, read from Rasa's tracker store.
-
-    Used when the channel's own state does not know the conversation (a restart without
-    Redis): the tracker store is persistent, so numbered answers keep working.
-    """
-    tracker_store = getattr(agent, "tracker_store", None)
-    if tracker_store is None:
-        return None
-    try:
-        tracker = await tracker_store.retrieve(conversation_id)
-    except Exception:
-        logger.warning(
-            "Conversation %s: could not read the tracker to find the buttons last shown",
-            conversation_id,
-            exc_info=True,
-        )
-        return None
-    if tracker is None:
-        return None
-    for event in reversed(tracker.events):
-        if isinstance(event, UserUttered):
-            return None
-        if isinstance(event, BotUttered):
-            data = event.data or {}
-            shown = data.get("buttons") or data.get("quick_replies")
-            if shown:
-                return button_list.normalise(shown)
-    return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlparse
 
+from rasa_sparkcentral.protocol import CREDENTIALS_KEY
 from rasa_sparkcentral.signature import InvalidSecretError, decode_secret
 
 REGION_BASE_URLS = {
@@ -13,7 +14,6 @@ REGION_BASE_URLS = {
     "eu": "https://public-api-eu.sparkcentral.com",
 }
 REPLY_MODES = ("rest", "webhook")
-CREDENTIALS_KEY = "rasa_sparkcentral.SparkcentralInput"
 
 
 class ConfigError(ValueError):

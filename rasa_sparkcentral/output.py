@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import mimetypes
 import posixpath
 import re
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Protocol
 from urllib.parse import unquote, urlparse
 
 from rasa.core.channels.channel import OutputChannel
@@ -27,65 +26,20 @@ from rasa_sparkcentral.state import ChannelState
 logger = logging.getLogger(__name__)
 
 
-class AnswerCollector:
-    """In webhook reply mode, holds the bot's actions until the webhook is answered.
+class RestSink:
+    """Sends each conversation action over Sparkcentral's REST API as it comes, and stops
+    once Sparkcentral says the conversation is no longer the bot's."""
 
-    ``bodies``: what the turn produced before the answer; ``pending``: what the answer
-    could not carry, sent over REST before anything the turn produces later."""
-
-    def __init__(self) -> None:
-        self.bodies: List[Dict[str, Any]] = []
-        self.pending: List[Dict[str, Any]] = []
-        self.closed = False
-        self.answered = asyncio.Event()
-
-    def close(self, pending: List[Dict[str, Any]]) -> None:
-        self.closed = True
-        self.pending = pending
-        self.answered.set()
-
-
-class SparkcentralOutput(OutputChannel):
-    """Sends each bot message to Sparkcentral, one conversation action per message, in
-    the order the bot produced them. One instance serves one incoming message."""
-
-    def __init__(
-        self,
-        client: Optional[SparkcentralClient],
-        state: ChannelState,
-        settings: Settings,
-        collector: Optional[AnswerCollector] = None,
-    ) -> None:
+    def __init__(self, client: Optional[SparkcentralClient]) -> None:
         self.client = client
-        self.state = state
-        self.settings = settings
-        self.collector = collector
         self.outcomes: List[Outcome] = []
-        self._gone = False
+        self.gone = False
 
-    @classmethod
-    def name(cls) -> str:
-        return CHANNEL_NAME
+    @property
+    def rest(self) -> RestSink:
+        return self
 
-    # -- delivery --------------------------------------------------------------------
-
-    async def deliver(self, recipient_id: str, body: Dict[str, Any]) -> None:
-        """Hand one conversation action to Sparkcentral (or to the webhook answer)."""
-        if not body:
-            return
-        if self.collector is not None:
-            if not self.collector.closed:
-                self.collector.bodies.append(body)
-                return
-            await self.flush(recipient_id)
-        await self._send(recipient_id, body)
-
-    async def flush(self, recipient_id: str) -> None:
-        """Send what the webhook answer could not carry (webhook reply mode)."""
-        while self.collector is not None and self.collector.pending:
-            await self._send(recipient_id, self.collector.pending.pop(0))
-
-    async def _send(self, recipient_id: str, body: Dict[str, Any]) -> None:
+    async def put(self, recipient_id: str, body: Dict[str, Any]) -> None:
         if self.client is None:
             logger.error(
                 "Conversation %s: the webhook was already answered and no API keys are "
@@ -95,13 +49,50 @@ class SparkcentralOutput(OutputChannel):
             )
             self.outcomes.append(Outcome.FAILED)
             return
-        if self._gone:
+        if self.gone:
             logger.debug("Conversation %s is no longer the bot's; skipped a reply", recipient_id)
             return
         outcome = await self.client.act(recipient_id, body)
         self.outcomes.append(outcome)
         if outcome is Outcome.GONE:
-            self._gone = True
+            self.gone = True
+
+
+class Sink(Protocol):
+    """Where ``SparkcentralOutput`` writes conversation actions: ``RestSink``, or the
+    webhook answer (``webhook_answer.WebhookAnswer``), which falls back on a RestSink."""
+
+    @property
+    def rest(self) -> RestSink: ...
+
+    async def put(self, recipient_id: str, body: Dict[str, Any]) -> None: ...
+
+
+class SparkcentralOutput(OutputChannel):
+    """Turns each bot message into a Sparkcentral conversation action and writes it to a
+    sink (REST by default), in the order the bot produced them. One instance serves one
+    incoming message."""
+
+    def __init__(
+        self,
+        client: Optional[SparkcentralClient],
+        state: ChannelState,
+        settings: Settings,
+        sink: Optional[Sink] = None,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.settings = settings
+        self.sink: Sink = sink if sink is not None else RestSink(client)
+
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL_NAME
+
+    async def deliver(self, recipient_id: str, body: Dict[str, Any]) -> None:
+        """Write one conversation action to the sink."""
+        if body:
+            await self.sink.put(recipient_id, body)
 
     # -- Rasa's send_* API -------------------------------------------------------------
 
@@ -223,7 +214,7 @@ class SparkcentralOutput(OutputChannel):
         content_type = content_type or mimetypes.guess_type(filename)[0] or default_type
         outcome = await self.client.upload_attachment(recipient_id, filename, data, content_type)
         if outcome is Outcome.GONE:
-            self._gone = True
+            self.sink.rest.gone = True
             return
         if outcome is not Outcome.DELIVERED:
             logger.warning(

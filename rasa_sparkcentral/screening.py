@@ -1,6 +1,6 @@
 """The checks every webhook passes before anything else: size, signature, shape.
 
-Pure and thread-safe, shared by the Sanic route and the off-loop acceptor.
+Pure and thread-safe, shared by the Sanic route and the webhook thread.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ configured, so that several ``rasa run`` instances behind a load balancer agree.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -18,27 +17,6 @@ V = TypeVar("V")
 KEY_PREFIX = "rasa_sparkcentral"
 #: How long a conversation's details and buttons are kept without activity.
 CONVERSATION_TTL = 30 * 24 * 3600.0
-#: How often a turn waiting for an earlier one (on another instance) looks again.
-TURN_POLL_MIN = 0.005
-TURN_POLL_MAX = 0.05
-
-# Turn tickets: "issued" counts the conversation's events in arrival order, "served" is
-# the highest ticket whose turn is over. A fresh counter clears a stale "served".
-_TAKE_TURN = """
-local ticket = redis.call('INCR', KEYS[1])
-if ticket == 1 then redis.call('DEL', KEYS[2]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return ticket
-"""
-_FINISH_TURN = """
-local served = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > served then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-"""
 
 
 class TTLCache(Generic[V]):
@@ -102,20 +80,6 @@ class ChannelState:
     async def take_buttons(self, conversation_id: str) -> Optional[List[Dict[str, Any]]]:
         """The buttons last shown in the conversation, forgotten once read."""
         raise NotImplementedError
-
-    async def take_turn(self, conversation_id: str) -> Optional[int]:
-        """A ticket placing this event after every event of the conversation that any
-        instance received before it; None when one process sees all events (in memory),
-        whose own queue keeps the order."""
-        return None
-
-    async def wait_turn(self, conversation_id: str, ticket: int, timeout: float) -> bool:
-        """Wait until the turns of every earlier ticket are over; False after ``timeout``."""
-        return True
-
-    async def finish_turn(self, conversation_id: str, ticket: int) -> None:
-        """The turn of ``ticket`` is over (its replies are sent)."""
-        return None
 
     async def close(self) -> None:
         return None
@@ -195,34 +159,6 @@ class RedisState(ChannelState):
             return None
         value = json.loads(raw)
         return value if isinstance(value, list) else None
-
-    def _turn_keys(self, conversation_id: str) -> Tuple[str, str]:
-        # one hash tag for both keys: a Redis Cluster keeps them in one slot
-        base = f"{KEY_PREFIX}:turn:{{{conversation_id}}}"
-        return f"{base}:issued", f"{base}:served"
-
-    async def take_turn(self, conversation_id: str) -> Optional[int]:
-        issued, served = self._turn_keys(conversation_id)
-        ticket = await self._redis.eval(_TAKE_TURN, 2, issued, served, self._conversation_ttl)
-        return int(ticket)
-
-    async def wait_turn(self, conversation_id: str, ticket: int, timeout: float) -> bool:
-        _, served = self._turn_keys(conversation_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = TURN_POLL_MIN
-        while True:
-            if int(await self._redis.get(served) or 0) >= ticket - 1:
-                return True
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, TURN_POLL_MAX)
-
-    async def finish_turn(self, conversation_id: str, ticket: int) -> None:
-        _, served = self._turn_keys(conversation_id)
-        await self._redis.eval(_FINISH_TURN, 1, served, ticket, self._conversation_ttl)
 
     async def close(self) -> None:
         await self._redis.aclose() if hasattr(self._redis, "aclose") else await self._redis.close()

@@ -1,7 +1,7 @@
 import pytest
 
 from rasa_sparkcentral import buttons
-from rasa_sparkcentral.replies import merge_answer
+from rasa_sparkcentral.webhook_answer import merge_answer
 
 PLANS = buttons.normalise(
     [

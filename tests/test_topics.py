@@ -12,12 +12,12 @@ def channel(intent_topics: object) -> SparkcentralInput:
 
 
 def test_every_intent_is_a_topic_when_true() -> None:
-    assert channel(True)._topic_for({"intent": {"name": "ask_shipping"}}) == "ask_shipping"
-    assert channel(True)._topic_for({"intent": {"name": None}}) is None
+    assert channel(True).inbound.topic_for({"intent": {"name": "ask_shipping"}}) == "ask_shipping"
+    assert channel(True).inbound.topic_for({"intent": {"name": None}}) is None
 
 
 def test_mapping_renames_and_filters() -> None:
     mapped = channel({"ask_shipping": "Shipping", "greet": ""})
-    assert mapped._topic_for({"intent": {"name": "ask_shipping"}}) == "Shipping"
-    assert mapped._topic_for({"intent": {"name": "ask_opening_hours"}}) is None
-    assert mapped._topic_for({"intent": {"name": "greet"}}) is None
+    assert mapped.inbound.topic_for({"intent": {"name": "ask_shipping"}}) == "Shipping"
+    assert mapped.inbound.topic_for({"intent": {"name": "ask_opening_hours"}}) is None
+    assert mapped.inbound.topic_for({"intent": {"name": "greet"}}) is None

@@ -28,7 +28,7 @@ from rasa_sparkcentral.screening import screen
 logger = logging.getLogger(__name__)
 
 
-class WebhookAcceptor:
+class WebhookThread:
     """Serves ``POST /webhooks/sparkcentral/webhook`` on ``host:port`` from a thread.
 
     ``hand_off(event)`` is called on that thread for every event to handle; it must

@@ -1,0 +1,294 @@
+"""The channel in-process: registered on a real Sanic app with Rasa's own ``register``,
+served on a loopback port, driven over HTTP by the emulator (the far side), with a
+stand-in for Rasa's Agent that records every ``UserMessage`` and replies through the
+message's output channel. Dedup, per-conversation order, webhook reply mode, bad input.
+No subprocess: each test takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from rasa.core.channels.channel import UserMessage, register
+from sanic import Sanic
+
+from rasa_sparkcentral.channel import SparkcentralInput
+from rasa_sparkcentral.protocol import HEALTH_PATH, INBOUND_MESSAGE_RECEIVED, WEBHOOK_PATH
+
+# The emulator moves to rasa_sparkcentral.testing.emulator (issue 11): this line follows it.
+from rasa_sparkcentral.emulator import SparkcentralEmulator  # isort: skip
+
+CONVERSATIONS = "/virtual-agent/conversations/"
+
+
+class StandInAgent:
+    """Plays Rasa's Agent for ``register``'s handler: records each message and answers
+    through its output channel. ``wait <seconds> <rest>`` takes that long, then handles
+    ``<rest>``; ``say <a> | <b>`` replies with each part in turn; other texts are echoed,
+    intents (``/greet``) get no reply. ``peak``: the most turns it ever worked on at once."""
+
+    tracker_store = None
+
+    def __init__(self) -> None:
+        self.messages: List[UserMessage] = []
+        self.running = 0
+        self.peak = 0
+
+    def texts_of(self, conversation_id: str) -> List[str]:
+        return [m.text or "" for m in self.messages if m.sender_id == conversation_id]
+
+    async def handle_message(self, message: UserMessage) -> None:
+        self.messages.append(message)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self._reply(message, message.text or "")
+        finally:
+            self.running -= 1
+
+    async def _reply(self, message: UserMessage, text: str) -> None:
+        output = message.output_channel
+        if text.startswith("wait "):
+            _, seconds, text = text.split(" ", 2)
+            await asyncio.sleep(float(seconds))
+        if text.startswith("say "):
+            for part in text[4:].split(" | "):
+                await output.send_text_message(message.sender_id, part)
+        elif not text.startswith("/"):
+            await output.send_text_message(message.sender_id, f"echo: {text}")
+
+
+@dataclass
+class Served:
+    """The channel on a Sanic app on a loopback port, and the emulator it talks to."""
+
+    emulator: SparkcentralEmulator
+    channel: SparkcentralInput
+    agent: StandInAgent
+    url: str
+
+
+Serve = Callable[..., Awaitable[Served]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def serve() -> AsyncIterator[Serve]:
+    """``await serve(**channel_settings)``: an emulator, and the channel (with those
+    settings on top of the emulator's keys) served in this process; stopped afterwards."""
+    stops: List[Callable[[], Awaitable[None]]] = []
+    # Sanic rewrites some of its own methods when an app starts ("touch-up"); in test
+    # mode it keeps the originals, so that several apps can start in one process.
+    test_mode = Sanic.test_mode
+    Sanic.test_mode = True
+
+    async def start(**settings: Any) -> Served:
+        emulator = SparkcentralEmulator()
+        await emulator.start()
+        stops.append(emulator.stop)
+        credentials: Dict[str, Any] = {
+            "base_url": emulator.base_url,
+            "shared_secret": emulator.shared_secret,
+            "client_id": emulator.client_id,
+            "client_secret": emulator.client_secret,
+            # fast retries: nothing here fails on purpose
+            "backoff_base": 0.01,
+        }
+        credentials.update(settings)
+        channel = SparkcentralInput.from_credentials(credentials)
+        app = Sanic(f"inprocess-{uuid.uuid4().hex[:12]}")
+        agent = StandInAgent()
+        app.ctx.agent = agent
+        register([channel], app, route="/webhooks/")
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+
+        async def stop() -> None:
+            await server.before_stop()
+            server.close()
+            await server.wait_closed()
+            await server.after_stop()  # the channel lets its turns finish and closes
+
+        stops.append(stop)
+        url = f"http://127.0.0.1:{port}"
+        emulator.webhook_url = url + WEBHOOK_PATH
+        return Served(emulator, channel, agent, url)
+
+    try:
+        yield start
+    finally:
+        for stop in reversed(stops):
+            await stop()
+        Sanic.test_mode = test_mode
+
+
+async def idle(served: Served) -> None:
+    """Wait until the channel has no turn running or queued."""
+    while served.channel.pending_conversations:
+        await asyncio.sleep(0.005)
+
+
+# ----------------------------------------------------------------------------- dedup
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["one-after-another", "at-once"])
+async def test_a_repeated_delivery_is_handled_once(serve: Serve, concurrent: bool) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    result = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED,
+        {"conversationId": cid, "message": {"text": "only once"}},
+        copies=4,
+        concurrent=concurrent,
+    )
+    assert [r.status for r in result.results] == [200] * 4
+    # a late retry of the same delivery, after the turn is over
+    await idle(served)
+    late = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED,
+        {"conversationId": cid, "message": {"text": "only once"}},
+        idempotency_key=result.idempotency_key,
+    )
+    assert late.status == 200
+    await idle(served)
+    assert served.agent.texts_of(cid) == ["/restart", "/greet", "only once"]
+    assert emu.bot_texts(cid) == ["echo: only once"]
+    [message] = [m for m in served.agent.messages if m.text == "only once"]
+    assert message.message_id == result.idempotency_key
+
+
+# ----------------------------------------------------------------------------- order
+
+
+async def test_each_conversation_keeps_its_order_while_they_run_side_by_side(
+    serve: Serve,
+) -> None:
+    served = await serve()
+    emu = served.emulator
+    conversations = [(await emu.start_conversation()).conversation_id for _ in range(4)]
+    count = 6
+
+    async def contact(cid: str) -> None:
+        # each webhook is answered before the next is sent: that is the arrival order;
+        # the earlier a message, the slower the bot is with it
+        for i in range(count):
+            result = await emu.contact_says(cid, f"wait {0.03 - i * 0.005:.3f} m{i}")
+            assert result.status == 200 and result.json == {}
+
+    await asyncio.gather(*(contact(cid) for cid in conversations))
+    for cid in conversations:
+        texts = await emu.wait_for_bot_messages(cid, count, timeout=20)
+        assert texts == [f"echo: m{i}" for i in range(count)]
+        handled = [t.split()[-1] for t in served.agent.texts_of(cid) if t.startswith("wait")]
+        assert handled == [f"m{i}" for i in range(count)]
+    # the conversations did not wait for each other
+    assert served.agent.peak > 1
+
+
+# ----------------------------------------------------------------------------- reply mode
+
+
+async def test_webhook_mode_answers_with_the_first_message_and_sends_the_rest_in_order(
+    serve: Serve,
+) -> None:
+    served = await serve(reply_mode="webhook")
+    emu = served.emulator
+    started = await emu.start_conversation()
+    cid = started.conversation_id
+    assert started.json == {}  # the stand-in says nothing on /restart and /greet
+
+    one = await emu.contact_says(cid, "say first | second | third")
+    assert one.json == {"sendMessage": {"text": "first"}}
+    await emu.wait_for_bot_messages(cid, 3)
+    assert [c.json for c in emu.calls_to(CONVERSATIONS + cid, "POST")] == [
+        {"sendMessage": {"text": "second"}},
+        {"sendMessage": {"text": "third"}},
+    ]
+
+    # two turns in flight: what the first answer can't carry goes before the second answer,
+    # however slow the REST API is
+    emu.faults.delay = 0.2
+    first_turn = asyncio.ensure_future(emu.contact_says(cid, "wait 0.05 say a | b"))
+    await emu.wait_for(lambda: "wait 0.05 say a | b" in served.agent.texts_of(cid))
+    second = await emu.contact_says(cid, "c")
+    assert (await first_turn).json == {"sendMessage": {"text": "a"}}
+    assert second.json == {"sendMessage": {"text": "echo: c"}}
+    assert emu.bot_texts(cid)[3:] == ["a", "b", "echo: c"]
+    assert [a.get("sendMessage") for a in emu.rest_actions_for(cid)][-1] == {"text": "b"}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+async def test_bad_input_is_refused_and_reaches_nothing(serve: Serve) -> None:
+    served = await serve(max_body_bytes=2048)
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    before = list(served.agent.messages)
+    data = {"conversationId": cid, "message": {"text": "hi"}}
+
+    wrong = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, signature="0" * 64)
+    unsigned = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, sign=False)
+    assert (wrong.status, unsigned.status) == (401, 401)
+    malformed = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, raw_body=b'{"type": ')
+    no_conversation = await emu.deliver(INBOUND_MESSAGE_RECEIVED, {"message": {"text": "x"}})
+    assert (malformed.status, no_conversation.status) == (400, 400)
+    too_large = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": cid, "message": {"text": "x" * 4096}}
+    )
+    assert too_large.status == 413
+    unknown = await emu.deliver("CONVERSATION_TRANSFERRED_TO_MARS", data)
+    assert (unknown.status, unknown.json) == (200, {})
+
+    await idle(served)
+    assert served.agent.messages == before
+    assert emu.rest_actions_for(cid) == []
+
+
+async def test_health_check(serve: Serve) -> None:
+    served = await serve()
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + HEALTH_PATH
+    ) as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "ok", "channel": "sparkcentral"}
+
+
+# ----------------------------------------------------------------------------- webhook_port
+
+
+async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve: Serve) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = await serve(webhook_port=port, webhook_host="127.0.0.1")
+    emu = served.emulator
+    emu.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    cid = (await emu.start_conversation()).conversation_id
+    for i in range(5):
+        result = await emu.contact_says(cid, f"wait {0.02 - i * 0.004:.3f} m{i}")
+        assert (result.status, result.json) == (200, {})
+    repeated = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": cid, "message": {"text": "m5"}}, copies=3
+    )
+    assert [r.status for r in repeated.results] == [200] * 3
+    wrong = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": cid, "message": {"text": "x"}}, sign=False
+    )
+    assert wrong.status == 401
+    texts = await emu.wait_for_bot_messages(cid, 6)
+    await idle(served)
+    assert emu.bot_texts(cid) == texts == [f"echo: m{i}" for i in range(6)]
