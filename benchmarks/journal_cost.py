@@ -31,10 +31,10 @@ from typing import Any, Awaitable, Callable, Dict, List, Tuple
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from rasa_sparkcentral import servers  # noqa: E402
 from rasa_sparkcentral.journal import Journal, JournalUnavailable, SqliteJournal  # noqa: E402
 from rasa_sparkcentral.journal.redis_backend import RedisJournal  # noqa: E402
 from rasa_sparkcentral.outbox import Outbox, RedisOutbox, SqliteOutbox  # noqa: E402
+from rasa_sparkcentral.testing import processes as servers  # noqa: E402
 
 BODY = b"x" * 1024
 

@@ -297,7 +297,7 @@ class Stack:
     channel_settings: Dict[str, Any]
     tracker_store: str
     startup_seconds: float
-    acceptor_port: Optional[int] = None
+    thread_port: Optional[int] = None
 
     @property
     def emulator(self) -> SparkcentralEmulator:
@@ -350,10 +350,10 @@ async def start_stack(args: argparse.Namespace, log_dir: Path) -> Stack:
         # 10,000 conversations fit in the time budget. --set conversation_started_intent=greet
         "conversation_started_intent": None,
     }
-    acceptor_port: Optional[int] = None
+    thread_port: Optional[int] = None
     if args.webhook_port_variant:
-        acceptor_port = processes.free_port()
-        settings["webhook_port"] = acceptor_port
+        thread_port = processes.free_port()
+        settings["webhook_port"] = thread_port
         settings["webhook_host"] = "127.0.0.1"
     settings.update(args.channel_settings)
     pythonpath = [str(REPO_ROOT), str(BENCH_DIR)]
@@ -381,7 +381,7 @@ async def start_stack(args: argparse.Namespace, log_dir: Path) -> Stack:
         channel_settings=shown,
         tracker_store=store_name,
         startup_seconds=time.perf_counter() - started,
-        acceptor_port=acceptor_port,
+        thread_port=thread_port,
     )
 
 
@@ -427,7 +427,7 @@ class Load:
         )
         self.sc_url = f"{stack.rasa_url}{SC_PATH}"
         self.port_url = (
-            f"http://127.0.0.1:{stack.acceptor_port}{SC_PATH}" if stack.acceptor_port else None
+            f"http://127.0.0.1:{stack.thread_port}{SC_PATH}" if stack.thread_port else None
         )
         self.rest_url = f"{stack.rasa_url}{REST_PATH}"
         self.probe_url = f"{stack.rasa_url}{PROBE_PATH}"

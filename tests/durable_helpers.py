@@ -12,7 +12,7 @@ from typing import Iterator, List
 
 import pytest
 
-from rasa_sparkcentral import servers
+from rasa_sparkcentral.testing import processes as servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ from rasa_sparkcentral.channel import SparkcentralInput
 from rasa_sparkcentral.protocol import HEALTH_PATH, INBOUND_MESSAGE_RECEIVED, WEBHOOK_PATH
 
 # The emulator moves to rasa_sparkcentral.testing.emulator (issue 11): this line follows it.
-from rasa_sparkcentral.emulator import SparkcentralEmulator  # isort: skip
+from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 
 CONVERSATIONS = "/virtual-agent/conversations/"
 

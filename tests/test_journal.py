@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis_asyncio
 
-from rasa_sparkcentral import servers
 from rasa_sparkcentral.journal import (
     Accepted,
     Entry,
@@ -28,6 +27,7 @@ from rasa_sparkcentral.journal import (
 )
 from rasa_sparkcentral.journal.redis_backend import RedisJournal
 from rasa_sparkcentral.journal.sqlite_thread import JournalLocked
+from rasa_sparkcentral.testing import processes as servers
 from tests.durable_helpers import Child, redis_proc, start_redis, stop_redis
 
 __all__ = ["redis_proc"]  # a fixture, imported to be used here

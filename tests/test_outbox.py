@@ -12,9 +12,9 @@ from typing import AsyncIterator, Callable, List
 import pytest
 import pytest_asyncio
 
-from rasa_sparkcentral import servers
 from rasa_sparkcentral.journal import Instance
 from rasa_sparkcentral.outbox import Outbox, RedisOutbox, SqliteOutbox, next_retry_delay
+from rasa_sparkcentral.testing import processes as servers
 from tests.durable_helpers import redis_proc
 
 __all__ = ["redis_proc"]  # a fixture, imported to be used here

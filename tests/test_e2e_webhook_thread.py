@@ -13,17 +13,17 @@ from tests.helpers import compact, get_tracker, response_text, say_and_wait, use
 from tests.support import BotStarter, RasaHandle
 
 
-async def _acceptor_bot(start_bot: BotStarter) -> RasaHandle:
+async def _webhook_thread_bot(start_bot: BotStarter) -> RasaHandle:
     port = processes.free_port()
     handle = await start_bot(
-        name="rasa-acceptor", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
+        name="rasa-webhook-thread", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
     )
     handle.emulator.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     return handle
 
 
-async def test_conversation_through_the_acceptor(start_bot: BotStarter) -> None:
-    handle = await _acceptor_bot(start_bot)
+async def test_conversation_through_the_webhook_thread(start_bot: BotStarter) -> None:
+    handle = await _webhook_thread_bot(start_bot)
     emu = handle.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
     cid = started.conversation_id
@@ -58,8 +58,10 @@ async def test_conversation_through_the_acceptor(start_bot: BotStarter) -> None:
     assert user_texts(tracker).count("thanks") == 1
 
 
-async def test_acceptor_rejects_bad_input_and_keeps_it_from_rasa(start_bot: BotStarter) -> None:
-    handle = await _acceptor_bot(start_bot)
+async def test_webhook_thread_refuses_bad_input_before_rasa(
+    start_bot: BotStarter,
+) -> None:
+    handle = await _webhook_thread_bot(start_bot)
     emu = handle.emulator
     url = emu.webhook_url
     cid = f"bad-{uuid.uuid4().hex[:10]}"
