@@ -461,7 +461,12 @@ async def run_soak(
     emulator.faults.seed = seed
     try:
         async with bot_stack(
-            bot_dir=BOT_DIR, model=model, log_dir=logs, emulator=emulator
+            bot_dir=BOT_DIR,
+            model=model,
+            log_dir=logs,
+            emulator=emulator,
+            # every conversation opens with the greeting, as the example bot's credentials say
+            channel_settings={"conversation_started_intent": "greet"},
         ) as stack:
             sender = Sender(stack, window)
             started = time.monotonic()

@@ -8,7 +8,9 @@ Nothing here logs a secret: not the client secret, not a token, not a header.
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
+import json
 import logging
 import random
 import time
@@ -21,10 +23,6 @@ import aiohttp
 from rasa_sparkcentral.config import Settings
 
 logger = logging.getLogger(__name__)
-
-TOKEN_PATH = "/virtual-agent/oauth2/token"
-CONVERSATION_PATH = "/virtual-agent/conversations/{conversation_id}"
-ATTACHMENT_PATH = "/virtual-agent/conversations/{conversation_id}/attachments/{filename}"
 
 
 class Outcome(enum.Enum):
@@ -123,17 +121,31 @@ class SparkcentralClient:
         session = self._get_session()
         self.stats.token_requests += 1
         self.stats.requests += 1
+        grant = dict(settings.api.token_grant)
+        if settings.organization_id:
+            grant["organization_id"] = settings.organization_id
         try:
             async with session.post(
-                settings.base_url + TOKEN_PATH,
-                auth=aiohttp.BasicAuth(settings.client_id, settings.client_secret),
-                data={"grant_type": "client_credentials", "scope": "client-read"},
-                headers={"Accept": "application/json"},
+                settings.base_url + settings.api.token_path,
+                data=grant,
+                headers={
+                    "Accept": "application/json",
+                    # built here: aiohttp 3.14 deprecates BasicAuth and ``auth=``
+                    "Authorization": basic_authorization(
+                        settings.client_id, settings.client_secret
+                    ),
+                },
             ) as response:
                 if response.status in (400, 401, 403):
                     raise AuthError(
-                        f"Sparkcentral refused the API keys (token endpoint answered "
-                        f"{response.status}); check client_id, client_secret and region"
+                        f"the platform refused the API keys (token endpoint "
+                        f"{settings.base_url + settings.api.token_path} answered "
+                        f"{response.status}); check client_id, client_secret"
+                        + (
+                            " and organization_id"
+                            if settings.platform == "hootsuite"
+                            else " and region"
+                        )
                     )
                 if response.status == 429 or response.status >= 500:
                     raise _Retryable(
@@ -142,9 +154,13 @@ class SparkcentralClient:
                     )
                 if response.status != 200:
                     raise AuthError(f"token endpoint answered {response.status}")
-                payload = await response.json(content_type=None)
+                raw = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise _Retryable(f"token request failed: {type(e).__name__}") from None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise _Retryable("token endpoint answered 200 with a body that is not JSON") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("access_token"), str):
             raise _Retryable("token endpoint answered without an access_token")
         try:
@@ -157,15 +173,15 @@ class SparkcentralClient:
 
     async def act(self, conversation_id: str, body: Mapping[str, Any]) -> Outcome:
         """POST a conversation action (sendMessage / applyTopics / complete)."""
-        path = CONVERSATION_PATH.format(conversation_id=quote(conversation_id, safe=""))
+        path = self._settings.api.conversation_path(quote(conversation_id, safe=""))
         return await self._call("POST", path, conversation_id, json_body=dict(body))
 
     async def upload_attachment(
         self, conversation_id: str, filename: str, data: bytes, content_type: str
     ) -> Outcome:
         """PUT the raw bytes of an attachment, to be sent afterwards by filename."""
-        path = ATTACHMENT_PATH.format(
-            conversation_id=quote(conversation_id, safe=""), filename=quote(filename, safe="")
+        path = self._settings.api.attachment_path(
+            quote(conversation_id, safe=""), quote(filename, safe="")
         )
         return await self._call(
             "PUT", path, conversation_id, data=data, headers={"Content-Type": content_type}
@@ -185,7 +201,7 @@ class SparkcentralClient:
         deadline = time.monotonic() + settings.retry_deadline
         refreshed = False
         attempt = 0
-        what = f"{method} {path}"
+        what = f"{method} {settings.base_url}{path}"
         while True:
             attempt += 1
             try:
@@ -325,6 +341,12 @@ class SparkcentralClient:
 
 class _TokenRejected(Exception):
     pass
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """The value of an HTTP Basic ``Authorization`` header (RFC 7617, UTF-8)."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 def _retry_after(headers: Mapping[str, str]) -> Optional[float]:

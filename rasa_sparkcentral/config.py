@@ -6,13 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlparse
 
-from rasa_sparkcentral.protocol import CREDENTIALS_KEY
+from rasa_sparkcentral.protocol import (
+    ATTACHMENT_LIMIT_BYTES,
+    CREDENTIALS_KEY,
+    HOOTSUITE,
+    MAX_EVENT_AGE,
+    PLATFORMS,
+    SPARKCENTRAL,
+    Platform,
+)
 from rasa_sparkcentral.signature import InvalidSecretError, decode_secret
 
-REGION_BASE_URLS = {
-    "us": "https://public-api.sparkcentral.com",
-    "eu": "https://public-api-eu.sparkcentral.com",
-}
+REGION_BASE_URLS = dict(PLATFORMS[SPARKCENTRAL].base_urls)
 REPLY_MODES = ("rest", "webhook")
 
 
@@ -27,10 +32,19 @@ class Settings:
     shared_secret: bytes = field(repr=False)
     client_id: Optional[str] = None
     client_secret: Optional[str] = field(default=None, repr=False)
+    platform: str = SPARKCENTRAL
+    organization_id: Optional[str] = None
     region: str = "us"
     base_url: str = REGION_BASE_URLS["us"]
     reply_mode: str = "rest"
-    conversation_started_intent: Optional[str] = "greet"
+    #: Sent to Rasa after the fresh session on CONVERSATION_STARTED: none by default, since
+    #: the contact's own messages follow from the beginning of the conversation.
+    conversation_started_intent: Optional[str] = None
+    #: Sent on CONVERSATION_DELEGATED: the bot is expected to ask the first question.
+    conversation_delegated_intent: Optional[str] = "greet"
+    #: Events whose ``timestamp`` is further than this in the past or future are refused
+    #: as possible replays (seconds; 0 turns the check off).
+    max_event_age: float = MAX_EVENT_AGE
     redis_url: Optional[str] = field(default=None, repr=False)
     intent_topics: Any = False
     allow_successor_fields: bool = False
@@ -48,12 +62,18 @@ class Settings:
     order_timeout: float = 60.0
     webhook_port: Optional[int] = None
     webhook_host: str = "0.0.0.0"
-    image_max_bytes: int = 10 * 1024 * 1024
+    #: Attachments must be fewer than 10,000,000 bytes.
+    image_max_bytes: int = ATTACHMENT_LIMIT_BYTES - 1
     image_timeout: float = 10.0
 
     @property
     def has_api_keys(self) -> bool:
         return bool(self.client_id and self.client_secret)
+
+    @property
+    def api(self) -> Platform:
+        """Paths, token grant and signature header of the configured platform."""
+        return PLATFORMS[self.platform]
 
     @classmethod
     def from_credentials(cls, credentials: Optional[Mapping[str, Any]]) -> Settings:
@@ -70,13 +90,22 @@ class Settings:
         except InvalidSecretError as e:
             raise ConfigError(f"{CREDENTIALS_KEY}: 'shared_secret' is invalid: {e}") from None
 
-        region = (_text(creds, "region") or "us").lower()
-        if region not in REGION_BASE_URLS:
+        platform_name = (_text(creds, "platform") or SPARKCENTRAL).lower()
+        if platform_name not in PLATFORMS:
             raise ConfigError(
-                f"{CREDENTIALS_KEY}: 'region' must be one of {', '.join(REGION_BASE_URLS)}, "
-                f"not {region!r}"
+                f"{CREDENTIALS_KEY}: 'platform' must be one of {', '.join(PLATFORMS)}, "
+                f"not {platform_name!r}"
             )
-        base_url = _text(creds, "base_url") or REGION_BASE_URLS[region]
+        platform = PLATFORMS[platform_name]
+        regions = platform.base_urls
+        default_region = next(iter(regions))
+        region = (_text(creds, "region") or default_region).lower()
+        if region not in regions:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'region' must be one of {', '.join(regions)} on "
+                f"platform {platform_name}, not {region!r}"
+            )
+        base_url = _text(creds, "base_url") or regions[region]
         parsed = urlparse(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(
@@ -85,11 +114,22 @@ class Settings:
 
         client_id = _text(creds, "client_id")
         client_secret = _text(creds, "client_secret")
+        where_keys = (
+            "the client id and secret of the Hootsuite developer app linked to your organization"
+            if platform_name == HOOTSUITE
+            else "Settings → Integrations → Generate API Keys"
+        )
         if bool(client_id) != bool(client_secret):
             missing = "client_secret" if client_id else "client_id"
             raise ConfigError(
                 f"{CREDENTIALS_KEY}: '{missing}' is missing: give both API keys "
-                "(Settings → Integrations → Generate API Keys) or neither"
+                f"({where_keys}) or neither"
+            )
+        organization_id = _text(creds, "organization_id")
+        if platform_name == HOOTSUITE and client_id and not organization_id:
+            raise ConfigError(
+                f"{CREDENTIALS_KEY}: 'organization_id' is missing: platform hootsuite grants "
+                "tokens per organization (the number in the URL of Hootsuite's Teams page)"
             )
 
         reply_mode = (_text(creds, "reply_mode") or "rest").lower()
@@ -104,13 +144,8 @@ class Settings:
                 "reply_mode 'rest' needs API keys (or set reply_mode: webhook)"
             )
 
-        start_intent: Optional[str]
-        if "conversation_started_intent" in creds:
-            start_intent = _text(creds, "conversation_started_intent") or None
-        else:
-            start_intent = "greet"
-        if start_intent is not None:
-            start_intent = start_intent.lstrip("/")
+        start_intent = _intent(creds, "conversation_started_intent", None)
+        delegated_intent = _intent(creds, "conversation_delegated_intent", "greet")
 
         webhook_port: Optional[int] = None
         if creds.get("webhook_port") not in (None, ""):
@@ -134,13 +169,19 @@ class Settings:
             shared_secret=shared_secret,
             client_id=client_id,
             client_secret=client_secret,
+            platform=platform_name,
+            organization_id=organization_id,
             region=region,
             base_url=base_url.rstrip("/"),
             reply_mode=reply_mode,
             conversation_started_intent=start_intent,
+            conversation_delegated_intent=delegated_intent,
+            max_event_age=_number(creds, "max_event_age", MAX_EVENT_AGE, low=0),
             redis_url=_text(creds, "redis_url"),
             intent_topics=intent_topics,
-            allow_successor_fields=_bool(creds, "allow_successor_fields", False),
+            allow_successor_fields=_bool(
+                creds, "allow_successor_fields", platform.successor_fields
+            ),
             webhook_timeout=_number(creds, "webhook_timeout", 8.0, low=0.1, high=9.5),
             max_body_bytes=int(_number(creds, "max_body_bytes", 256 * 1024, low=1024)),
             dedup_ttl=_number(creds, "dedup_ttl", 24 * 3600.0, low=1),
@@ -155,9 +196,23 @@ class Settings:
             order_timeout=_number(creds, "order_timeout", 60.0, low=0.1),
             webhook_port=webhook_port,
             webhook_host=_text(creds, "webhook_host") or "0.0.0.0",
-            image_max_bytes=int(_number(creds, "image_max_bytes", 10 * 1024 * 1024, low=1)),
+            image_max_bytes=int(
+                _number(
+                    creds,
+                    "image_max_bytes",
+                    ATTACHMENT_LIMIT_BYTES - 1,
+                    low=1,
+                    high=ATTACHMENT_LIMIT_BYTES - 1,
+                )
+            ),
             image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
         )
+
+
+def _intent(creds: Mapping[str, Any], key: str, default: Optional[str]) -> Optional[str]:
+    """An intent name (a leading ``/`` is dropped); empty or null turns it off."""
+    intent = (_text(creds, key) or None) if key in creds else default
+    return intent.lstrip("/") or None if intent is not None else None
 
 
 def _text(creds: Mapping[str, Any], key: str) -> Optional[str]:

@@ -5,10 +5,18 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+from typing import Mapping, Optional
 
-from rasa_sparkcentral.protocol import SIGNATURE_HEADER
+from rasa_sparkcentral.protocol import SIGNATURE_HEADER, SIGNATURE_HEADERS
 
-__all__ = ["SIGNATURE_HEADER", "InvalidSecretError", "decode_secret", "sign", "verify"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "InvalidSecretError",
+    "decode_secret",
+    "sign",
+    "signature_of",
+    "verify",
+]
 
 
 class InvalidSecretError(ValueError):
@@ -47,3 +55,14 @@ def verify(key: bytes, body: bytes, header_value: str | None) -> bool:
         return False
     expected = sign(key, body)
     return hmac.compare_digest(expected.encode("ascii"), candidate.encode("ascii", "replace"))
+
+
+def signature_of(headers: Mapping[str, str]) -> Optional[str]:
+    """The request's signature: ``X-Sparkcentral-Signature`` or ``X-Hootsuite-Signature``
+    (either platform may send either; ``headers`` must match names case-insensitively, as
+    Sanic's and aiohttp's header mappings do)."""
+    for name in SIGNATURE_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None

@@ -84,6 +84,8 @@ class Bot:
 
 
 _DEFAULT: Any = object()
+#: What example_bot/credentials.yml sets beyond keys and URLs; a test overrides any of it.
+EXAMPLE_BOT_SETTINGS: Mapping[str, Any] = {"conversation_started_intent": "greet"}
 
 
 @dataclass
@@ -134,7 +136,8 @@ class BotStarter:
             model=self.model_path,
             log_dir=self.log_dir,
             name=name or f"rasa-{len(self.handles) + 1}",
-            channel_settings=channel_settings,
+            # the example bot greets on CONVERSATION_STARTED, as its credentials.yml says
+            channel_settings={**EXAMPLE_BOT_SETTINGS, **channel_settings},
             emulator=emulator,
             actions=url if url else False,
             tracker_store=tracker_store,

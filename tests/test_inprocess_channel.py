@@ -164,7 +164,10 @@ async def test_a_repeated_delivery_is_handled_once(serve: Serve, concurrent: boo
     )
     assert late.status == 200
     await idle(served)
-    assert served.agent.texts_of(cid) == ["/restart", "/greet", "only once"]
+    assert served.agent.texts_of(cid) == [
+        "/restart",
+        "only once",
+    ]  # STARTED: no greeting by default
     assert emu.bot_texts(cid) == ["echo: only once"]
     [message] = [m for m in served.agent.messages if m.text == "only once"]
     assert message.message_id == result.idempotency_key

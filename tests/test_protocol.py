@@ -1,4 +1,5 @@
 import json
+from typing import Optional
 
 import pytest
 
@@ -122,3 +123,90 @@ def test_action_from_custom_filters_fields() -> None:
         action_from_custom({"complete": "nope"}, allow_successor_fields=False)
     with pytest.raises(ValueError):
         action_from_custom({"applyTopics": [1]}, allow_successor_fields=False)
+
+
+def test_inbox2_inbound_fields() -> None:
+    body = json.dumps(
+        {
+            "timestamp": "2022-04-28T09:43:26.635984618Z",
+            "idempotencyKey": "k1",
+            "version": 1,
+            "type": "INBOUND_MESSAGE_RECEIVED",
+            "data": {
+                "conversationId": "c1",
+                "message": {"messageId": "m1", "text": "Pro", "payload": "/plan_pro"},
+                "trigger": {"type": "STORY", "action": "REPLY"},
+                "conversationTopics": ["billing", 7],
+                "language": "nl",
+                "channel": {"id": "ch2", "name": "Insta"},
+                "medium": {"id": "instagram"},
+            },
+        },
+        indent=2,
+    ).encode()
+    event = parse_event(body)
+    assert event.message_id == "m1" and event.payload == "/plan_pro" and event.text == "Pro"
+    assert event.trigger == {"type": "STORY", "action": "REPLY"}
+    assert event.topics == ["billing"] and event.language == "nl"
+    assert event.sent_at is not None and abs(event.sent_at - 1651139006.635984618) < 1e-5
+    before = ChannelDetails(
+        conversation_id="c1", channel_id="ch1", medium="facebook", contact_profile={"id": "p"}
+    )
+    after = before.refreshed(event)
+    assert (after.channel_id, after.channel_name, after.medium) == ("ch2", "Insta", "instagram")
+    assert after.contact_profile == {"id": "p"} and after.language == "nl"
+    assert before.channel_id == "ch1"  # refreshed() returns a copy
+    assert ChannelDetails.from_dict(after.to_dict()) == after
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2019-02-20T10:29:10.238188Z", 1550658550.238188),
+        ("2019-02-20T10:29:10Z", 1550658550.0),
+        ("2019-02-20T12:29:10.5+02:00", 1550658550.5),
+        ("2019-02-20T10:29:10.5", 1550658550.5),
+        ("2019-02-30T10:29:10Z", None),
+        ("yesterday", None),
+    ],
+)
+def test_timestamps(text: str, expected: Optional[float]) -> None:
+    from rasa_sparkcentral.protocol import parse_timestamp
+
+    result = parse_timestamp(text)
+    if expected is None:
+        assert result is None
+    else:
+        assert result is not None and abs(result - expected) < 1e-6
+
+
+def test_successor_fields_are_checked() -> None:
+    body = action_from_custom(
+        {
+            "applyTags": "vip",
+            "applyConversationNotes": "asked for a refund",
+            "setContactAttributes": {"plan": "pro", "seats": 3, "gone": None},
+            "indicateTyping": "START",
+        },
+        allow_successor_fields=True,
+    )
+    assert body == {
+        "applyTags": ["vip"],
+        "applyConversationNotes": [{"text": "asked for a refund"}],
+        "setContactAttributes": {"plan": "pro", "seats": "3"},
+        "indicateTyping": "START",
+    }
+    with pytest.raises(ValueError, match="'plan name'"):
+        action_from_custom(
+            {"setContactAttributes": {"plan name": "x"}}, allow_successor_fields=True
+        )
+    with pytest.raises(ValueError, match="indicateTyping"):
+        action_from_custom({"indicateTyping": "maybe"}, allow_successor_fields=True)
+    with pytest.raises(ValueError, match="applyConversationNotes"):
+        action_from_custom({"applyConversationNotes": [{"x": 1}]}, allow_successor_fields=True)
+    rest_tags = action_from_custom(
+        {"applyTags": [{"messageId": "m1", "tag": "vip"}]}, allow_successor_fields=True
+    )
+    assert rest_tags == {"applyTags": [{"messageId": "m1", "tag": "vip"}]}
+    # classic Sparkcentral without the setting: none of them
+    assert action_from_custom({"applyTags": ["vip"]}, allow_successor_fields=False) == {}

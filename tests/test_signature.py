@@ -55,3 +55,15 @@ def test_body_change_breaks_signature() -> None:
 def test_decode_secret_rejects_non_hex(secret: str) -> None:
     with pytest.raises(InvalidSecretError):
         decode_secret(secret)
+
+
+def test_either_platform_header_is_read() -> None:
+    from multidict import CIMultiDict
+
+    from rasa_sparkcentral.signature import signature_of
+
+    assert signature_of(CIMultiDict({"x-hootsuite-signature": "ab"})) == "ab"
+    assert signature_of(CIMultiDict({"X-Sparkcentral-Signature": "cd"})) == "cd"
+    both = CIMultiDict({"X-Hootsuite-Signature": "ab", "X-Sparkcentral-Signature": "cd"})
+    assert signature_of(both) == "cd"
+    assert signature_of(CIMultiDict({"X-Other-Signature": "ef"})) is None
