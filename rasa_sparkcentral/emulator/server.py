@@ -498,6 +498,13 @@ class SparkcentralEmulator:
         conv = self.conversation(conversation_id)
         self._add_entry(conv, TranscriptEntry(sender=SENDER_AGENT, text=text))
 
+    def agent_resolves(self, conversation_id: str) -> None:
+        """A human agent resolves the conversation (queue -> "resolved"; the bot is not told)."""
+        conv = self.conversation(conversation_id)
+        conv.queue = QUEUE_RESOLVED
+        conv.typing = None
+        self._add_entry(conv, _system("[RESOLVED by the agent -> conversation closed]"))
+
     async def deliver(
         self,
         event_type: str,
