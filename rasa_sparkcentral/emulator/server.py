@@ -54,6 +54,7 @@ from .contact import (
     new_conversation_id,
 )
 from .faults import Fault, FaultPlan, next_token_sequence
+from .inbox import add_inbox_routes
 from .models import (
     QUEUE_BOT,
     QUEUE_NEW,
@@ -878,6 +879,7 @@ class SparkcentralEmulator:
         app.router.add_put(ATTACHMENT_PATH, self._handle_attachment)
         add_admin_routes(app, self)
         add_asset_routes(app, self)
+        add_inbox_routes(app, self)
         return app
 
     def _recording_middleware(self) -> Any:
