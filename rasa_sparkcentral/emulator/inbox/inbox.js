@@ -38,7 +38,7 @@ function el(tag, props, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== undefined && child !== null && child !== false) node.append(child);
   }
   return node;
@@ -276,10 +276,11 @@ function renderAgentSide() {
     return;
   }
   const name = contactName(conversation);
-  $("conversation-head").replaceChildren(name,
-    conversation.contactProfile && conversation.contactProfile.vip ? el("span", { class: "badge vip" }, "VIP") : null,
+  const vip = Boolean(conversation.contactProfile && conversation.contactProfile.vip);
+  $("conversation-head").replaceChildren(el("span", null, name,
+    vip ? el("span", { class: "badge vip" }, "VIP") : null,
     el("span", { class: "badge" }, `queue: ${queue}`), " ",
-    el("small", null, conversation.conversationId));
+    el("small", null, conversation.conversationId)));
   const cid = conversation.conversationId;
   const rows = conversation.transcript.map((entry) => {
     if (entry.sender === "system") return systemView(entry);
@@ -324,8 +325,9 @@ function renderDetails() {
       (conversation.ignoredTopics || []).length ? el("p", { class: "none" }, `ignored: ${conversation.ignoredTopics.join(", ")}`) : null),
     section("Notes", "notes", notes.length ? notes.map((n) => el("div", { class: "note" }, typeof n === "string" ? n : n.text || short(n))) : none("none")),
     section("Tags", "tags", tags.length ? el("div", null, tags.map((t) => el("span", { class: "badge" }, typeof t === "string" ? t : t.tag || short(t)))) : none("none")),
-    section("Contact attributes", "attributes", attributes.length ? el("dl", null, attributes.map((a) => [
-      el("dt", null, a.attribute), el("dd", null, String(a.value), " ", el("span", { class: "badge" }, a.source || ""))])) : none("none")),
+    section("Contact attributes", "attributes", attributes.length ? el("ul", { class: "attributes" }, attributes.map((a) =>
+      el("li", null, el("span", { class: "key" }, a.attribute), el("span", { class: "value" }, String(a.value)),
+        a.source ? el("span", { class: "badge" }, a.source) : null))) : none("none")),
     section("Contact", "profile", el("dl", null,
       el("dt", null, "name"), el("dd", null, profile.primaryIdentifier || ""),
       el("dt", null, "VIP"), el("dd", null, profile.vip ? "yes" : "no"),
