@@ -9,6 +9,9 @@ Sparkcentral signs it; every reply goes through the emulated REST API.
 Prints the transcript as Sparkcentral recorded it, the conversation's final queue and the
 number of OAuth2 token requests. Exits 1 when a reply is missing or wrong. Stops every
 process it started, also on Ctrl-C and on errors.
+
+The emulator's web inbox can be watched while it runs (its URL is printed); with
+``--keep-open`` (``make demo-ui``) everything stays up after the script until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rasa_sparkcentral.emulator import (  # noqa: E402
 BOT_DIR = REPO_ROOT / "example_bot"
 MODEL = BOT_DIR / "models" / "example_bot.tar.gz"
 REPLY_TIMEOUT = 60.0
+KEEP_OPEN = "--keep-open" in sys.argv[1:]
 
 CONTACT_PROFILE = {
     "id": "0-01e639d0a57-000-516b9710",
@@ -113,6 +117,7 @@ async def run(log_dir: Path) -> int:
     try:
         base_url = await emu.start(host="127.0.0.1", port=0)
         say(f"Sparkcentral emulator: {base_url}")
+        say(f"web inbox: {base_url}/_emulator/ui")
         action = servers.action_server(BOT_DIR, servers.free_port(), log_dir / "action-server.log")
         credentials = servers.write_credentials(
             log_dir / "credentials.yml",
@@ -154,6 +159,9 @@ async def run(log_dir: Path) -> int:
         say(f"final queue: {conversation.queue}")
         say(f"OAuth2 token requests: {emu.token_requests}")
         say(f"logs: {log_dir}")
+        if KEEP_OPEN:
+            say(f"\nthe stack stays up: open {base_url}/_emulator/ui (Ctrl-C to stop)")
+            await asyncio.Event().wait()
         return 0
     except servers.ServerStartError as e:
         say(f"DEMO FAILED: {e}")
@@ -175,7 +183,7 @@ async def main() -> int:
         return await task
     except asyncio.CancelledError:
         say("\ndemo interrupted; every process it started is stopped")
-        return 130
+        return 0 if KEEP_OPEN else 130
 
 
 if __name__ == "__main__":
