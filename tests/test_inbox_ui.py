@@ -191,3 +191,16 @@ async def test_buttons_images_and_resolve_as_the_medium_shows_them(inbox: Page) 
     await expect(page.locator("#agent-chat .divider.resolved")).to_have_text(
         "Resolved by the agent"
     )
+
+    # the same contact, picked in the form, writes again: a new conversation with the bot
+    await page.locator("#contact-pick").select_option(label="Sam")
+    await expect(page.locator("#contact-vip")).to_be_checked()
+    await expect(page.locator("#contact-name")).to_have_value("Sam")
+    await contact_writes(page, "hello")
+    selected = page.locator("#conversation-list li.selected")
+    await expect(selected).not_to_have_attribute("data-cid", cid)
+    await expect(selected).to_contain_text("Sam")
+    await expect(page.locator("#tabs button[data-queue=bot]")).to_have_class(re.compile("active"))
+    await expect(page.locator("#conversation-head .badge.vip")).to_have_text("VIP")
+    await expect(page.locator("#contact-chat .msg.mine")).to_have_text(["hello"])
+    await expect(bubbles(page, "contact", "bot", "Welcome back, Sam!")).to_have_count(2)

@@ -252,8 +252,9 @@ function renderContactSide() {
 function systemView(entry) {
   const text = entry.text || "";
   const when = wallTime(entry.at);
-  if (text.startsWith("[HANDOVER")) {
-    return el("li", { class: "divider handoff", title: when }, "Handed over to a human agent · New queue");
+  if (text.startsWith("[HANDOVER")) {  // by the bot, or by one of the emulator's rules
+    const why = text === "[HANDOVER -> new queue]" ? "" : ` · ${text.replace(/^\[|\]$/g, "")}`;
+    return el("li", { class: "divider handoff", title: when }, `Handed over to a human agent · New queue${why}`);
   }
   if (text.startsWith("[RESOLVED")) {
     return el("li", { class: "divider resolved", title: when }, text.includes("by the agent") ? "Resolved by the agent" : "Resolved by the bot");
@@ -399,8 +400,8 @@ function contactFromForm() {
   return body;
 }
 
-async function startConversation() {
-  const answer = await api("POST", "/conversations", contactFromForm());
+async function startConversation(body) {
+  const answer = await api("POST", "/conversations", body || contactFromForm());
   const webhook = answer.webhook;
   if (webhook && webhook.status !== 200) toast(new Error(`the bot answered ${webhook.status}`));
   select(answer.conversationId);
@@ -427,10 +428,11 @@ async function pickContact(cid) {
 async function contactSays(text) {
   let cid = state.selected;
   if (!cid) return;
-  if (state.conversation && state.conversation.queue === "resolved") {
-    // like a real inbox: the contact writing again opens a new conversation
-    if (!state.contact) state.contact = { profile: state.conversation.contactProfile };
-    cid = await startConversation();
+  const current = await api("GET", `/conversations/${encodeURIComponent(cid)}`);
+  if (current.queue === "resolved") {
+    // as in a real inbox: the contact writing again opens a new conversation
+    cid = await startConversation({ contactProfile: current.contactProfile, medium: current.medium,
+      contactAttributes: current.contactAttributes, channel: current.channel });
   }
   await api("POST", `/conversations/${encodeURIComponent(cid)}/messages`, { text });
 }
@@ -443,7 +445,7 @@ function guard(action) {
 }
 
 function bind() {
-  $("contact-form").addEventListener("submit", guard(startConversation));
+  $("contact-form").addEventListener("submit", guard(() => startConversation()));
   $("contact-pick").addEventListener("change", guard(() => pickContact($("contact-pick").value)));
   $("contact-compose").addEventListener("submit", guard(async () => {
     const input = $("contact-text");
