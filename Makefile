@@ -20,11 +20,12 @@ export RASA_TELEMETRY_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export SQLALCHEMY_SILENCE_UBER_WARNING := 1
 
-.PHONY: help venv install redis train lint test demo bench clean distclean
+.PHONY: help venv install redis chromium train lint test demo demo-ui bench clean distclean
 
 help:
 	@echo "make test    install, train, lint, then unit and end-to-end tests (what CI runs)"
 	@echo "make demo    a scripted Sparkcentral conversation against the example bot"
+	@echo "make demo-ui the demo, then the web inbox stays up until Ctrl-C"
 	@echo "make bench   benchmarks (benchmarks/run.py)"
 	@echo "make install virtualenv in $(VENV) with the package, Rasa, Redis client, dev tools"
 	@echo "make redis   install redis-server (apt) when it is missing"
@@ -60,6 +61,9 @@ $(STAMPS)/install: $(STAMPS)/venv setup.cfg pyproject.toml scripts/constraints.t
 redis:
 	@scripts/ensure-redis
 
+chromium:
+	@scripts/ensure-chromium
+
 # ----------------------------------------------------------------------------- bot
 
 train: $(MODEL)
@@ -75,13 +79,16 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy rasa_sparkcentral
 
-test: install redis train lint
+test: install redis chromium train lint
 	$(PY) -m pytest tests -q -ra -p no:cacheprovider $(PYTEST_ARGS)
 
 # ----------------------------------------------------------------------------- demo, bench
 
 demo: install train
 	$(PY) scripts/demo.py
+
+demo-ui: install train
+	$(PY) scripts/demo.py --keep-open
 
 bench: install redis train
 	@if [ ! -f benchmarks/run.py ]; then \

@@ -174,6 +174,7 @@ async def serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     say(f"  connector settings: base_url={base} client_id={emu.client_id}")
     say(f"  webhooks are signed with the shared secret and POSTed to {emu.webhook_url}")
     say(f"  start a conversation: curl -X POST {base}/_emulator/conversations")
+    say(f"  web inbox: {base}/_emulator/ui")
     say("  press Ctrl-C to stop")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -299,6 +299,8 @@ class WebhookResult:
     error: Optional[str] = None
     """Why a non-empty answer was not applied (invalid, conversation not with the bot...)."""
     results: List[WebhookResult] = field(default_factory=list, repr=False)
+    at: float = field(default_factory=time.monotonic)
+    """When the answer arrived (``time.monotonic()``, like ``RecordedCall.at``)."""
 
     @property
     def ok(self) -> bool:
@@ -313,6 +315,7 @@ class WebhookResult:
             "delivered": self.delivered,
             "applied": self.applied,
             "error": self.error,
+            "at": self.at,
         }
 
 
