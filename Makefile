@@ -20,6 +20,9 @@ PYTEST_ARGS ?=
 VENV_PRO := .venv-pro
 PY_PRO   := $(VENV_PRO)/bin/python
 PRO_PYTHON_VERSION := 3.11
+# The one package of rasa-pro[nlu] the example bot's pipeline needs (LogisticRegressionClassifier
+# stores its model with skops); the rest of [nlu] (TensorFlow, spaCy) it does not.
+PRO_PIPELINE_DEPS := skops>=0.14,<0.15
 
 # Rasa and its dependencies: quiet, no telemetry, never waiting for input.
 export PYTHONUNBUFFERED := 1
@@ -84,7 +87,8 @@ install-pro: $(STAMPS)/install-pro
 $(STAMPS)/install-pro: $(STAMPS)/venv-pro setup.cfg pyproject.toml
 	@start=$$SECONDS; \
 	$(PY_PRO) -m pip install -q 'pip>=21.3' && \
-	$(PY_PRO) -m pip install -q --upgrade --upgrade-strategy only-if-needed -e '.[rasa-pro,dev]' && \
+	$(PY_PRO) -m pip install -q --upgrade --upgrade-strategy only-if-needed -e '.[rasa-pro,dev]' \
+		'$(PRO_PIPELINE_DEPS)' && \
 	$(PY_PRO) -m pip check && \
 	echo "Rasa Pro tier installed in $$((SECONDS - start)) s"
 	@touch $@
