@@ -39,6 +39,10 @@ from .models import (
     parse_json,
 )
 
+#: The planned fault a request met, kept on the request for the recording middleware.
+#: aiohttp 3.14 warns on string request keys; older releases have no web.RequestKey.
+FAULT_KEY: Any = web.RequestKey("fault", str) if hasattr(web, "RequestKey") else "fault"
+
 TOKEN_PATH = "/virtual-agent/oauth2/token"
 CONVERSATION_PATH = "/virtual-agent/conversations/{conversationId}"
 ATTACHMENT_PATH = "/virtual-agent/conversations/{conversationId}/attachments/{filename}"
@@ -138,7 +142,7 @@ class SparkcentralApi:
             at=time.monotonic(),
             query=dict(request.query.items()),
             response_json=response_json,
-            fault=request.get("fault"),
+            fault=request.get(FAULT_KEY),
         )
         self.calls.append(call)
         self.settings.trim(self.calls)
@@ -154,7 +158,7 @@ class SparkcentralApi:
 
     @staticmethod
     def _fault_response(request: web.Request, fault: Fault) -> web.Response:
-        request["fault"] = fault.kind
+        request[FAULT_KEY] = fault.kind
         return web.json_response(fault.body(), status=fault.status, headers=fault.headers())
 
     async def _handle_token(self, request: web.Request) -> web.StreamResponse:
