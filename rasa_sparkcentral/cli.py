@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 DEFAULT_RASA_URL = "http://localhost:5005"
 
@@ -53,7 +53,10 @@ def _init(args: argparse.Namespace) -> int:
 
     edition = installed_rasa()
     if edition is None:
-        print("rasa-sparkcentral init: Rasa is not installed here: pip install 'rasa-sparkcentral[rasa]'")
+        print(
+            "rasa-sparkcentral init: Rasa is not installed here: "
+            "pip install 'rasa-sparkcentral[rasa]'"
+        )
         return 2
     try:
         changes = init_project(args.project_dir, edition, dry_run=args.dry_run)
@@ -69,7 +72,10 @@ def _init(args: argparse.Namespace) -> int:
     for change in changes:
         print(f"  {change}")
     if not args.dry_run:
-        print("Next: export the SPARKCENTRAL_* variables, `rasa train`, then `rasa-sparkcentral doctor`.")
+        print(
+            "Next: export the SPARKCENTRAL_* variables, `rasa train`, start the action "
+            "server and `rasa run`, then `rasa-sparkcentral doctor`."
+        )
     return 0
 
 
@@ -85,5 +91,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code: int = handlers[args.command](args)
     sys.stdout.flush()
     return code
-
-

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from rasa_sparkcentral import project_snippets as snip
 from rasa_sparkcentral.config import ConfigError, Settings
@@ -267,8 +267,7 @@ def check_actions_registered(ctx: Context) -> None:
         ctx.add(
             name,
             False,
-            f"does not register {_few(missing)}: add `{snip.ACTIONS_IMPORT}` to "
-            "actions/actions.py",
+            f"does not register {_few(missing)}: add `{snip.ACTIONS_IMPORT}` to actions/actions.py",
         )
     else:
         ctx.add(name, True, "registers Sparkcentral's actions")
@@ -295,7 +294,9 @@ def check_action_server(ctx: Context) -> None:
     except (ValueError, AttributeError, TypeError):
         names = set()
     if status != 200:
-        ctx.add(name, False, f"GET {base}/actions answered {status}: is it a rasa_sdk action server?")
+        ctx.add(
+            name, False, f"GET {base}/actions answered {status}: is it a rasa_sdk action server?"
+        )
         return
     missing = [a for a in snip.ACTIONS if a not in names]
     if missing:
@@ -314,7 +315,7 @@ def check_rasa(ctx: Context, rasa_url: str) -> None:
     url = rasa_url.rstrip("/") + HEALTH_PATH
     start = "start `rasa run --credentials credentials.yml` (or pass --rasa-url)"
     try:
-        status, body = _http("GET", url)
+        status, _ = _http("GET", url)
     except OSError as e:
         ctx.add(name, False, f"{rasa_url} does not answer ({e}): {start}")
         return
@@ -432,5 +433,3 @@ def run_doctor(root: Path, *, rasa_url: str, online: bool) -> int:
     failed = sum(1 for c in ctx.checks if c.ok is False)
     print("All is well." if not failed else f"{failed} problem(s) found.", flush=True)
     return 0 if not failed else 1
-
-

@@ -134,10 +134,30 @@ def _domain(project: Project, edition: RasaEdition, edits: Edits) -> None:
     missing_actions = [a for a in snip.ACTIONS if a not in facts.actions]
     missing_responses = [r for r in snip.RESPONSES if r not in facts.responses]
     plan = [
-        ("intents", missing_intents, [partial(snip.scalar_item_lines, n) for n in missing_intents], False),
-        ("slots", missing_slots, [partial(snip.slot_lines, n, edition) for n in missing_slots], False),
-        ("actions", missing_actions, [partial(snip.scalar_item_lines, n) for n in missing_actions], False),
-        ("responses", missing_responses, [partial(snip.response_lines, n) for n in missing_responses], True),
+        (
+            "intents",
+            missing_intents,
+            [partial(snip.scalar_item_lines, n) for n in missing_intents],
+            False,
+        ),
+        (
+            "slots",
+            missing_slots,
+            [partial(snip.slot_lines, n, edition) for n in missing_slots],
+            False,
+        ),
+        (
+            "actions",
+            missing_actions,
+            [partial(snip.scalar_item_lines, n) for n in missing_actions],
+            False,
+        ),
+        (
+            "responses",
+            missing_responses,
+            [partial(snip.response_lines, n) for n in missing_responses],
+            True,
+        ),
     ]
     for key, names, renderers, blank in plan:
         if not names:

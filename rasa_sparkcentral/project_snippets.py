@@ -93,8 +93,11 @@ class Rule:
 #: Each rule, and the action whose presence in any rule or story means it is there already.
 RULES = (
     Rule("greet a VIP contact (Sparkcentral)", INTENT_GREET, RESPONSE_GREET_VIP, vip=True),
-    Rule("hand the conversation over to a human agent in Sparkcentral", INTENT_HANDOFF,
-         ACTION_HANDOFF),
+    Rule(
+        "hand the conversation over to a human agent in Sparkcentral",
+        INTENT_HANDOFF,
+        ACTION_HANDOFF,
+    ),
     Rule("resolve the conversation in Sparkcentral", INTENT_RESOLVE, ACTION_RESOLVE),
 )
 
@@ -168,7 +171,11 @@ def nlu_lines(intent: str, indent: str) -> List[str]:
 
 
 def rule_lines(rule: Rule, indent: str) -> List[str]:
-    lines = [f"{indent}- rule: {rule.name}", f"{indent}  steps:", f"{indent}    - intent: {rule.intent}"]
+    lines = [
+        f"{indent}- rule: {rule.name}",
+        f"{indent}  steps:",
+        f"{indent}    - intent: {rule.intent}",
+    ]
     if rule.vip:
         lines += [f"{indent}    - slot_was_set:", f"{indent}        - {VIP_SLOT}: true"]
     lines.append(f"{indent}    - action: {rule.action}")

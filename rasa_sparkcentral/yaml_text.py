@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 _TOP_KEY = re.compile(r"""^(?P<key>"[^"]*"|'[^']*'|[^\s#'"\-][^:#]*?)\s*:(?P<rest>.*)$""")
 
@@ -69,7 +69,7 @@ def has_key(text: str, key: str) -> bool:
 def add_items(
     text: str,
     key: str,
-    items: List[ItemRenderer],
+    items: Sequence[ItemRenderer],
     *,
     blank_line_between: bool,
     where: str,
@@ -101,7 +101,7 @@ def add_items(
     return "\n".join(new_lines) + "\n"
 
 
-def append_lines(text: str, new_lines: List[str] | tuple[str, ...]) -> str:
+def append_lines(text: str, new_lines: Union[List[str], Tuple[str, ...]]) -> str:
     """``text`` with a blank line and ``new_lines`` after it (newline at the end)."""
     body = text if not text or text.endswith("\n") else text + "\n"
     separator = "\n" if body.strip() else ""
