@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import difflib
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from rasa_sparkcentral import servers
 from rasa_sparkcentral.project_files import domain_facts, find_project, read_yaml
 from rasa_sparkcentral.project_init import init_project
-from rasa_sparkcentral.project_snippets import ACTIONS, DETAIL_SLOTS, RESPONSES
+from rasa_sparkcentral.project_snippets import (
+    ACTIONS,
+    ACTIONS_IMPORT,
+    CREDENTIALS_LINES,
+    DETAIL_SLOTS,
+    RESPONSES,
+)
 from rasa_sparkcentral.rasa_edition import RasaEdition, installed_rasa
 from rasa_sparkcentral.yaml_text import YamlEditError
 
@@ -202,3 +210,33 @@ def test_the_channel_does_not_import_the_cli() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def _readme_blocks(section_title: str, language: str) -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split(section_title, 1)[1].split("\n### ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_readme_manual_snippets_are_what_init_writes(tmp_path: Path) -> None:
+    root = _folder_project(tmp_path)
+    shutil.rmtree(root / "domain")
+    (root / "domain.yml").write_text('version: "3.1"\n')
+    shutil.rmtree(root / "data")  # so that init writes data/sparkcentral.yml
+    init_project(root, OSS)
+    domain, nlu, rules = (
+        YAML(typ="safe").load(block) for block in _readme_blocks("### 3. Domain", "yaml")
+    )
+    written = read_yaml(root / "domain.yml")
+    for key in ("intents", "actions", "responses", "slots"):
+        assert domain[key] == written[key], key
+    assert nlu["nlu"] == [
+        item
+        for item in read_yaml(root / "data" / "sparkcentral.yml")["nlu"]
+        if item["intent"] != "greet"  # the README assumes the bot has greet already
+    ]
+    assert rules["rules"] == read_yaml(root / "data" / "sparkcentral.yml")["rules"]
+    assert _readme_blocks("### 3. Domain", "python") == [ACTIONS_IMPORT + "\n"]
+    credentials = YAML(typ="safe").load(_readme_blocks("### 2. `credentials.yml`", "yaml")[0])
+    ours = YAML(typ="safe").load("\n".join(CREDENTIALS_LINES))
+    assert credentials == ours
