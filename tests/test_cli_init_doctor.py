@@ -239,6 +239,9 @@ async def test_the_bot_plays_vip_question_handoff_handback_resolve(deployed: Dep
     started = await emu.start_conversation(name="Ann", vip=True)
     cid = started.conversation_id
     assert await emu.wait_for_bot_messages(cid, 1) == [vip_greeting]
+    # anyone else gets the bot's own greeting (its stories), as before init
+    other = (await emu.start_conversation(name="Bob")).conversation_id
+    assert await emu.wait_for_bot_messages(other, 1) == ["Hey! How are you?"]
 
     assert await say_and_wait(emu, cid, "are you a bot?") == ["I am a bot, powered by Rasa."]
 
@@ -263,9 +266,14 @@ async def test_the_bot_plays_vip_question_handoff_handback_resolve(deployed: Dep
 
 
 async def test_doctor_all_well(deployed: Deployed) -> None:
+    emu = deployed.emulator
+    tokens = emu.token_requests
     code, lines = await _doctor(deployed, None, "--online")
     assert _failures(lines) == [], "\n".join(lines)
     assert code == 0
+    assert emu.token_requests == tokens + 1  # --online: one token request
+    output = "\n".join(lines)
+    assert emu.client_secret not in output and emu.shared_secret not in output
     assert [line.split(":")[0] for line in lines if not line.startswith("ok")] == ["All is well."]
 
 
