@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 from rasa_sparkcentral import project_snippets as snip
 from rasa_sparkcentral.project_files import (
     Project,
+    ProjectError,
     data_facts,
     domain_facts,
     find_project,
@@ -40,7 +41,7 @@ class Edits:
     def text(self, path: Path, new_file_header: Optional[str] = None) -> str:
         if path not in self.texts:
             if path.exists():
-                self.texts[path] = path.read_text(encoding="utf-8")
+                self.texts[path] = _read(path)
             else:
                 self.texts[path] = f"{new_file_header}\n" if new_file_header else ""
         return self.texts[path]
@@ -51,10 +52,18 @@ class Edits:
 
     def write(self) -> None:
         for path, text in self.texts.items():
-            if path.exists() and path.read_text(encoding="utf-8") == text:
+            if path.exists() and _read(path) == text:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            path.write_bytes(text.encode("utf-8"))
+
+
+def _read(path: Path) -> str:
+    """The file's text with its own line endings (no newline translation)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProjectError(f"{path} is not UTF-8 text; left as it is") from None
 
 
 def init_project(root: Path, edition: RasaEdition, *, dry_run: bool = False) -> List[str]:

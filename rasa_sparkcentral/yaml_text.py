@@ -98,13 +98,20 @@ def add_items(
             rendered.append("")
         rendered.extend(render(indent))
     new_lines = lines[: block.end] + rendered + lines[block.end :]
-    return "\n".join(new_lines) + "\n"
+    newline = _newline(text)
+    return newline.join(new_lines) + newline
 
 
 def append_lines(text: str, new_lines: Union[List[str], Tuple[str, ...]]) -> str:
     """``text`` with a blank line and ``new_lines`` after it (newline at the end)."""
-    body = text if not text or text.endswith("\n") else text + "\n"
-    separator = "\n" if body.strip() else ""
+    newline = _newline(text)
+    body = text if not text or text.endswith("\n") else text + newline
+    separator = newline if body.strip() else ""
     if body and not body.strip():
         body = ""
-    return body + separator + "\n".join(new_lines) + "\n"
+    return body + separator + newline.join(new_lines) + newline
+
+
+def _newline(text: str) -> str:
+    """The file's line ending (Windows editors write CRLF)."""
+    return "\r\n" if "\r\n" in text else "\n"

@@ -240,3 +240,17 @@ def test_readme_manual_snippets_are_what_init_writes(tmp_path: Path) -> None:
     credentials = YAML(typ="safe").load(_readme_blocks("### 2. `credentials.yml`", "yaml")[0])
     ours = YAML(typ="safe").load("\n".join(CREDENTIALS_LINES))
     assert credentials == ours
+
+
+def test_crlf_files_keep_their_line_endings(tmp_path: Path) -> None:
+    root = _folder_project(tmp_path)
+    for name in ("data/nlu.yml", "data/rules.yml"):
+        path = root / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    before = {n: (root / n).read_bytes() for n in ("data/nlu.yml", "data/rules.yml")}
+    init_project(root, OSS)
+    for name, old in before.items():
+        new = (root / name).read_bytes()
+        assert new.startswith(old.rstrip(b"\r\n").rsplit(b"\r\n", 1)[0]), name
+        assert new.count(b"\n") == new.count(b"\r\n"), name
+    assert init_project(root, OSS) == []
