@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from rasa_sparkcentral import project_snippets as snip
 from rasa_sparkcentral.project_files import (
@@ -138,39 +138,34 @@ def _domain(project: Project, edition: RasaEdition, edits: Edits) -> None:
         header = None
     where = str(path.relative_to(project.root))
 
-    missing_intents = [i for i in snip.INTENTS if i not in facts.intents]
-    missing_slots = [s for s in snip.slot_names() if s not in facts.slots]
-    missing_actions = [a for a in snip.ACTIONS if a not in facts.actions]
-    missing_responses = [r for r in snip.RESPONSES if r not in facts.responses]
-    plan = [
+    def slot(name: str, indent: str) -> List[str]:
+        return snip.slot_lines(name, edition, indent)
+
+    sections: List[Tuple[str, List[str], Callable[[str, str], List[str]], bool]] = [
         (
             "intents",
-            missing_intents,
-            [partial(snip.scalar_item_lines, n) for n in missing_intents],
+            [i for i in snip.INTENTS if i not in facts.intents],
+            snip.scalar_item_lines,
             False,
         ),
-        (
-            "slots",
-            missing_slots,
-            [partial(snip.slot_lines, n, edition) for n in missing_slots],
-            False,
-        ),
+        ("slots", [s for s in snip.slot_names() if s not in facts.slots], slot, False),
         (
             "actions",
-            missing_actions,
-            [partial(snip.scalar_item_lines, n) for n in missing_actions],
+            [a for a in snip.ACTIONS if a not in facts.actions],
+            snip.scalar_item_lines,
             False,
         ),
         (
             "responses",
-            missing_responses,
-            [partial(snip.response_lines, n) for n in missing_responses],
+            [r for r in snip.RESPONSES if r not in facts.responses],
+            snip.response_lines,
             True,
         ),
     ]
-    for key, names, renderers, blank in plan:
+    for key, names, render, blank in sections:
         if not names:
             continue
+        renderers = [partial(render, name) for name in names]
         text = edits.text(path, header)
         edits.update(
             path,
