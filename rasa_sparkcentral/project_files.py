@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
 YAML_SUFFIXES = (".yml", ".yaml")
@@ -34,11 +35,26 @@ class UnsetVariableError(ProjectError):
         super().__init__(f"{path.name} uses unset environment variable(s) {', '.join(names)}")
 
 
+class _PlainConstructor(SafeConstructor):
+    """Safe loading that reads ``${VAR}`` as text, also in a process that imported Rasa:
+    Rasa registers an ``!env_var`` tag on ruamel's shared classes, which would expand
+    (or refuse) every variable on load. Expansion is ours to do, below."""
+
+
+_PlainConstructor.add_constructor("!env_var", SafeConstructor.construct_yaml_str)
+
+
+def load_yaml_text(text: str) -> Any:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Constructor = _PlainConstructor
+    return yaml.load(text)
+
+
 def read_yaml(path: Path, *, expand_env: bool = False) -> Any:
     """The YAML document in ``path`` (None when empty). With ``expand_env``, every string
     holding ``${VAR}`` is expanded as Rasa does, and an unset variable is an error."""
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ProjectError(f"{path}: cannot be read ({e})") from None
     except YAMLError as e:

@@ -10,10 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from rasa_sparkcentral import servers
-from rasa_sparkcentral.project_files import domain_facts, find_project, read_yaml
+from rasa_sparkcentral.project_files import (
+    UnsetVariableError,
+    domain_facts,
+    find_project,
+    load_yaml_text,
+    read_yaml,
+)
 from rasa_sparkcentral.project_init import init_project
 from rasa_sparkcentral.project_snippets import (
     ACTIONS,
@@ -225,7 +230,7 @@ def test_readme_manual_snippets_are_what_init_writes(tmp_path: Path) -> None:
     shutil.rmtree(root / "data")  # so that init writes data/sparkcentral.yml
     init_project(root, OSS)
     domain, nlu, rules = (
-        YAML(typ="safe").load(block) for block in _readme_blocks("### 3. Domain", "yaml")
+        load_yaml_text(block) for block in _readme_blocks("### 3. Domain", "yaml")
     )
     written = read_yaml(root / "domain.yml")
     for key in ("intents", "actions", "responses", "slots"):
@@ -237,8 +242,8 @@ def test_readme_manual_snippets_are_what_init_writes(tmp_path: Path) -> None:
     ]
     assert rules["rules"] == read_yaml(root / "data" / "sparkcentral.yml")["rules"]
     assert _readme_blocks("### 3. Domain", "python") == [ACTIONS_IMPORT + "\n"]
-    credentials = YAML(typ="safe").load(_readme_blocks("### 2. `credentials.yml`", "yaml")[0])
-    ours = YAML(typ="safe").load("\n".join(CREDENTIALS_LINES))
+    credentials = load_yaml_text(_readme_blocks("### 2. `credentials.yml`", "yaml")[0])
+    ours = load_yaml_text("\n".join(CREDENTIALS_LINES))
     assert credentials == ours
 
 
@@ -254,3 +259,16 @@ def test_crlf_files_keep_their_line_endings(tmp_path: Path) -> None:
         assert new.startswith(old.rstrip(b"\r\n").rsplit(b"\r\n", 1)[0]), name
         assert new.count(b"\n") == new.count(b"\r\n"), name
     assert init_project(root, OSS) == []
+
+
+def test_reading_yaml_ignores_the_env_tag_rasa_registers(tmp_path: Path) -> None:
+    """In a process that imported Rasa (rasa run, a test suite), ``${VAR}`` stays text until
+    we expand it: an unset variable is reported by name, not raised by Rasa."""
+    import rasa.shared.utils.io  # noqa: F401  (registers Rasa's !env_var tag)
+
+    path = tmp_path / "credentials.yml"
+    path.write_text("key: ${RASA_SPARKCENTRAL_UNSET_FOR_TEST}\n")
+    assert read_yaml(path) == {"key": "${RASA_SPARKCENTRAL_UNSET_FOR_TEST}"}
+    with pytest.raises(UnsetVariableError) as caught:
+        read_yaml(path, expand_env=True)
+    assert caught.value.names == ["RASA_SPARKCENTRAL_UNSET_FOR_TEST"]
