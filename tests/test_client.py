@@ -191,16 +191,16 @@ async def test_attachment_upload_then_send(emulator: SparkcentralEmulator) -> No
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     try:
         assert (
-            await client.upload_attachment(cid, "logo 1.png", data, "image/png")
+            await client.upload_attachment(cid, "logo_1.png", data, "image/png")
             is Outcome.DELIVERED
         )
         assert (
-            await client.act(cid, {"sendMessage": {"attachment": "logo 1.png"}})
+            await client.act(cid, {"sendMessage": {"attachment": "logo_1.png"}})
             is Outcome.DELIVERED
         )
     finally:
         await client.close()
-    assert emulator.conversations[cid].attachments["logo 1.png"] == ("image/png", data)
+    assert emulator.conversations[cid].attachments["logo_1.png"] == ("image/png", data)
 
 
 async def test_wrong_api_keys_fail_without_retry(
