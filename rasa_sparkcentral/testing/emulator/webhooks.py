@@ -168,7 +168,6 @@ class WebhookSender:
             except asyncio.TimeoutError:
                 elapsed = time.perf_counter() - started
                 error = f"no answer within {self.settings.webhook_timeout:g}s"
-                attempts.append(_attempt(0, elapsed, error))
                 result = WebhookResult(
                     status=0,
                     json=None,
