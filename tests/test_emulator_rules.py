@@ -32,6 +32,7 @@ from rasa_sparkcentral.testing.emulator import (
     EVENT_CONVERSATION_DELEGATED,
     SparkcentralEmulator,
 )
+from rasa_sparkcentral.testing.emulator.cli import build_parser, make_emulator
 
 # What the bot does with one delivery: a status, a JSON answer, or ("sleep", seconds).
 Move = Union[int, Dict[str, Any], tuple]
@@ -492,3 +493,13 @@ async def test_non_compact_json_is_signed_as_sent(bot: Bot) -> None:
             assert body != json.dumps(json.loads(body), separators=(",", ":")).encode()
     finally:
         await emu.stop()
+
+
+def test_cli_plays_the_platform_asked_for() -> None:
+    env = {"SPARKCENTRAL_PLATFORM": "hootsuite", "SPARKCENTRAL_ORGANIZATION_ID": "org-7"}
+    args = build_parser(env).parse_args(["serve", "--reply-timeout", "60"])
+    emu = make_emulator(args)
+    assert (emu.platform, emu.organization_id, emu.reply_timeout) == ("hootsuite", "org-7", 60.0)
+    assert emu.token_path == "/oauth2/token"
+    classic = make_emulator(build_parser({}).parse_args(["serve"]))
+    assert (classic.platform, classic.reply_timeout) == ("sparkcentral", 300.0)
