@@ -236,12 +236,13 @@ def test_init_twice_changes_nothing(fresh: Fresh) -> None:
 async def test_the_bot_plays_vip_question_handoff_handback_resolve(deployed: Deployed) -> None:
     emu = deployed.emulator
     vip_greeting = RESPONSES["utter_greet_vip"].replace("{sparkcentral_primary_identifier}", "Ann")
+    # an inception bot answers the contact's first message (it does not greet first)
     started = await emu.start_conversation(name="Ann", vip=True)
     cid = started.conversation_id
-    assert await emu.wait_for_bot_messages(cid, 1) == [vip_greeting]
+    assert await say_and_wait(emu, cid, "hello") == [vip_greeting]
     # anyone else gets the bot's own greeting (its stories), as before init
     other = (await emu.start_conversation(name="Bob")).conversation_id
-    assert await emu.wait_for_bot_messages(other, 1) == ["Hey! How are you?"]
+    assert await say_and_wait(emu, other, "hello") == ["Hey! How are you?"]
 
     assert await say_and_wait(emu, cid, "are you a bot?") == ["I am a bot, powered by Rasa."]
 
@@ -251,8 +252,9 @@ async def test_the_bot_plays_vip_question_handoff_handback_resolve(deployed: Dep
     await emu.wait_for_queue(cid, "new")
     assert emu.actions_for(cid)[-1] == {"complete": "HANDOVER"}
 
+    # an agent delegates the conversation back: the bot asks the first question
     before = len(emu.bot_texts(cid))
-    assert (await emu.hand_back(cid)).status == 200
+    assert (await emu.hand_back(cid, "CONVERSATION_DELEGATED")).status == 200
     assert (await emu.wait_for_bot_messages(cid, before + 1))[before:] == [vip_greeting]
 
     assert await say_and_wait(emu, cid, "that's all, you can close this") == [
