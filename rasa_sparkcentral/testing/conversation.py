@@ -23,6 +23,7 @@ from .emulator import (
     EmulatorTimeout,
     SparkcentralEmulator,
     WebhookResult,
+    new_conversation_id,
 )
 from .emulator.models import JSONDict
 
@@ -45,10 +46,13 @@ class BotConversation:
         emulator: SparkcentralEmulator,
         conversation_id: str,
         *,
+        greets: bool = True,
         settle: float = DEFAULT_SETTLE,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.emulator = emulator
+        self.greets = greets
+        """Whether the bot takes a turn when the conversation is assigned to it."""
         self.id = conversation_id
         self.settle = settle
         self.timeout = timeout
@@ -72,8 +76,9 @@ class BotConversation:
         ``language``, ``medium``, ``contact_profile``, ...). ``greeting=False``: the bot
         says nothing on a new conversation, do not wait; ``messages=N``: wait for N.
         """
-        result = await emulator.start_conversation(**contact)
-        convo = cls(emulator, result.conversation_id, settle=settle, timeout=timeout)
+        cid = contact.pop("conversation_id", None) or new_conversation_id()
+        result = await emulator.start_conversation(cid, **contact)
+        convo = cls(emulator, cid, greets=greeting, settle=settle, timeout=timeout)
         convo._check_delivered(result, "CONVERSATION_STARTED")
         if greeting or messages is not None:
             convo.greeting = await convo._turn(0, 0, messages, "the greeting")
@@ -120,15 +125,20 @@ class BotConversation:
         before_actions, before_texts = len(self.actions), len(self.texts)
         result = await self.emulator.contact_says(self.id, text)
         self._check_delivered(result, repr(text))
-        return await self._turn(before_actions, before_texts, messages, f"an answer to {text!r}", timeout)
+        return await self._turn(
+            before_actions, before_texts, messages, f"an answer to {text!r}", timeout
+        )
 
     async def hand_back(
         self, *, messages: Optional[int] = None, timeout: Optional[float] = None
     ) -> List[str]:
-        """A human agent gives the conversation back; returns what the bot said then."""
+        """A human agent gives the conversation back; returns what the bot said then
+        (nothing, without waiting, when the bot does not greet and ``messages`` is None)."""
         before_actions, before_texts = len(self.actions), len(self.texts)
         result = await self.emulator.hand_back(self.id)
         self._check_delivered(result, "the hand-back")
+        if not self.greets and messages is None:
+            return []
         return await self._turn(before_actions, before_texts, messages, "the hand-back", timeout)
 
     def agent_says(self, text: str) -> None:
@@ -159,7 +169,9 @@ class BotConversation:
         try:
             await self.emulator.wait_for_queue(self.id, queue, timeout or self.timeout)
         except EmulatorTimeout as exc:
-            raise TurnError(f"expected {what}, the conversation is in {self.queue!r}\n{exc}") from None
+            raise TurnError(
+                f"expected {what}, the conversation is in {self.queue!r}\n{exc}"
+            ) from None
 
     async def _turn(
         self,
@@ -197,4 +209,3 @@ class BotConversation:
 
     def __repr__(self) -> str:
         return f"<BotConversation {self.id} queue={self.queue!r} texts={len(self.texts)}>"
-

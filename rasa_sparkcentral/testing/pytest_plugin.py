@@ -245,7 +245,9 @@ else:  # pragma: no cover - depends on the environment
     @pytest.fixture(scope="session")
     def sparkcentral_bot() -> Any:
         """Needs pytest-asyncio."""
-        pytest.fail("the sparkcentral_bot fixture needs pytest-asyncio (pip install pytest-asyncio)")
+        pytest.fail(
+            "the sparkcentral_bot fixture needs pytest-asyncio (pip install pytest-asyncio)"
+        )
 
     @pytest.fixture
     def sparkcentral_conversation() -> Any:
