@@ -118,3 +118,54 @@ def test_without_a_model_the_fixture_says_how_to_get_one(tmp_path: Path) -> None
         result.stdout
     )
     assert not (project / "models").exists()  # nothing was trained
+
+
+SETTINGS_INI = """\
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = session
+asyncio_default_test_loop_scope = session
+sparkcentral_bot_dir = bots/shop
+sparkcentral_channel_settings =
+    conversation_started_intent = greet
+    max_attempts = 3
+"""
+
+SETTINGS_TEST = """\
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sparkcentral_bot_options(sparkcentral_bot_options):
+    return {**sparkcentral_bot_options, "name": "shop-bot"}
+
+
+async def test_the_settings_reach_the_stack(sparkcentral_bot, sparkcentral_conversation):
+    stack = sparkcentral_bot.stack
+    assert (stack.bot_dir.name, stack.model.name, stack.name) == ("shop", "m.tar.gz", "shop-bot")
+    assert stack.channel_settings == {"conversation_started_intent": "greet", "max_attempts": 3}
+    assert stack.action_url is not None
+    convo = sparkcentral_conversation
+    assert convo.greeting == ["Hi! How can I help you today?"]
+    texts = await convo.say("question about my bill")  # the whole turn: text, then topics
+    assert len(texts) == 1 and texts[0].startswith("Invoices are sent on the first working")
+    assert "billing" in convo.topics
+"""
+
+
+def test_ini_and_command_line_settings(trained_model: Path, tmp_path: Path) -> None:
+    """Bot folder and channel settings from the ini file (the bot's credentials.yml is
+    gone), the model from the command line, and an overridden options fixture."""
+    root = tmp_path / "project"
+    bot = root / "bots" / "shop"
+    shutil.copytree(BOT_DIR, bot, ignore=shutil.ignore_patterns("models", ".rasa", "__pycache__"))
+    (bot / "credentials.yml").unlink()
+    (root / "artifacts").mkdir()
+    shutil.copy2(trained_model, root / "artifacts" / "m.tar.gz")
+    (root / "pytest.ini").write_text(SETTINGS_INI, encoding="utf-8")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_settings.py").write_text(SETTINGS_TEST, encoding="utf-8")
+    result = run_pytest(root, "--sparkcentral-model", "artifacts/m.tar.gz")
+    report = f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, report
+    assert passed(result) == 1, report
