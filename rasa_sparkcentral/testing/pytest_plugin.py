@@ -22,7 +22,7 @@ Settings (command line first, then the ini file):
   ``actions``), ``false``, or the webhook URL of an action server that runs already.
 
 The async fixtures run in the session's event loop: set ``asyncio_default_fixture_loop_scope``
-and ``asyncio_default_test_loop_scope`` to ``session`` (pytest-asyncio >= 0.24).
+and ``asyncio_default_test_loop_scope`` to ``session`` (pytest-asyncio >= 0.26).
 """
 
 from __future__ import annotations
