@@ -7,8 +7,8 @@
 
 A turn is over when the bot has done something (sent a message, handed over, set topics...)
 and then nothing more for ``settle`` seconds; ``messages=N`` waits for exactly that many
-messages instead, which is faster and independent of timing. A turn that brings nothing
-within ``timeout`` seconds fails with the transcript.
+messages instead, which is faster and independent of timing (``messages=0``: do not wait).
+A turn that brings nothing within ``timeout`` seconds fails with the transcript.
 """
 
 from __future__ import annotations
