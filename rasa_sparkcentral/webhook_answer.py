@@ -172,7 +172,8 @@ def merge_answer(
         else:
             answer["complete"] = complete
     # the fields in the order the classic answer lists them
-    ordered = {k: answer[k] for k in ("sendMessage", "sendMessages") if k in answer}
+    firsts: Tuple[str, ...] = ("sendMessage", "sendMessages")
+    ordered: Dict[str, Any] = {k: answer[k] for k in firsts if k in answer}
     ordered.update({k: v for k, v in answer.items() if k not in ordered})
     return ordered, rest
 
