@@ -24,8 +24,9 @@ from rasa_sparkcentral.config import ConfigError, Settings
 from rasa_sparkcentral.inbound import Inbound, channel_details, shown_buttons
 from rasa_sparkcentral.ordering import Ordering, make_tickets
 from rasa_sparkcentral.output import RestSink, SparkcentralOutput
-from rasa_sparkcentral.protocol import CHANNEL_NAME, METADATA_KEY, SIGNATURE_HEADER, Event
+from rasa_sparkcentral.protocol import CHANNEL_NAME, METADATA_KEY, Event
 from rasa_sparkcentral.screening import screen
+from rasa_sparkcentral.signature import signature_of
 from rasa_sparkcentral.state import ChannelState, make_state
 from rasa_sparkcentral.webhook_answer import WebhookAnswer
 from rasa_sparkcentral.webhook_thread import WebhookThread
@@ -149,7 +150,7 @@ class SparkcentralInput(InputChannel):
 
     async def handle_webhook(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
         screened = screen(
-            self.settings, request.body or b"", request.headers.get(SIGNATURE_HEADER), request.ip
+            self.settings, request.body or b"", signature_of(request.headers), request.ip
         )
         if screened.event is None:
             return response.json(screened.answer, status=screened.status)
