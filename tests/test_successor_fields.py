@@ -183,7 +183,10 @@ def test_merge_carries_successor_fields_in_order() -> None:
     bodies = [
         {"sendMessage": {"text": "a"}},
         {"applyTags": ["vip", "lead"], "indicateTyping": "START"},
-        {"applyConversationNotes": [{"text": "first"}], "setContactAttributes": {"plan": "x"}},
+        {
+            "applyConversationNotes": [{"text": "first"}],
+            "setContactAttributes": {"plan": "x", "city": "Gent"},
+        },
         {"applyTags": ["lead", "pro"], "setContactAttributes": {"plan": "pro", "seats": "3"}},
         {"applyConversationNotes": [{"text": "second"}], "indicateTyping": "STOP"},
         {"complete": "HANDOVER", "applyTopics": ["sales"]},
@@ -195,7 +198,7 @@ def test_merge_carries_successor_fields_in_order() -> None:
         "applyTopics": ["sales"],
         "applyTags": ["vip", "lead", "pro"],
         "applyConversationNotes": [{"text": "first"}, {"text": "second"}],
-        "setContactAttributes": {"plan": "pro", "seats": "3"},
+        "setContactAttributes": {"plan": "pro", "city": "Gent", "seats": "3"},
         "indicateTyping": "STOP",
         "complete": "HANDOVER",
     }
