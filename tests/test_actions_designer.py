@@ -76,6 +76,15 @@ def _call(
     }
 
 
+async def run_action(executor: ActionExecutor, call: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """``executor.run`` as a dict (rasa-sdk >= 3.11 returns a pydantic result)."""
+    result = await executor.run(call)
+    if result is None or isinstance(result, dict):
+        return result
+    dumped: Dict[str, Any] = result.model_dump(by_alias=True)
+    return dumped
+
+
 @pytest.fixture(scope="module")
 def executor() -> ActionExecutor:
     ex = ActionExecutor()
@@ -91,12 +100,13 @@ def _custom(result: Any) -> List[Dict[str, Any]]:
 
 
 async def test_message_fields_fill_the_new_slots(executor: ActionExecutor) -> None:
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_sparkcentral_channel_details",
             metadata={METADATA_KEY: {**DETAILS, **MESSAGE}},
             domain={"slots": {**NEW_SLOTS, "sparkcentral_channel_details": {}}},
-        )
+        ),
     )
     assert result is not None
     slots = {e["name"]: e["value"] for e in result["events"]}
@@ -111,13 +121,14 @@ async def test_message_fields_count_even_when_the_details_were_lost(
     executor: ActionExecutor,
 ) -> None:
     block = {"conversationId": "conv-1", "trigger": None, "conversationTopics": ["sales"]}
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_sparkcentral_channel_details",
             metadata={METADATA_KEY: block},
             domain={"slots": {**NEW_SLOTS, "sparkcentral_vip": {}}},
             slots={"sparkcentral_trigger": {"type": "POST", "action": "MENTION"}},
-        )
+        ),
     )
     assert result is not None
     # a private message answers no post: the trigger slot follows the latest message
@@ -162,12 +173,13 @@ async def test_set_attributes_from_the_domain_map(executor: ActionExecutor) -> N
             "missing": "nothing",
         },
     }
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_set_sparkcentral_contact_attributes",
             slots=slots,
             domain={"slots": PLAN_DOMAIN_SLOTS},
-        )
+        ),
     )
     assert result is not None
     assert _custom(result) == [
@@ -191,8 +203,8 @@ async def test_set_attributes_from_the_environment_skips_known_values(
         "seats": 5,
         "sparkcentral_contact_attributes": {"plan": "basic"},
     }
-    result = await executor.run(
-        _call("action_set_sparkcentral_contact_attributes", slots=slots, domain={})
+    result = await run_action(
+        executor, _call("action_set_sparkcentral_contact_attributes", slots=slots, domain={})
     )
     assert result is not None
     assert _custom(result) == [{"setContactAttributes": {"seat_count": "5"}}]
@@ -207,12 +219,13 @@ async def test_set_attributes_warns_on_bad_names_and_missing_map(
         "sparkcentral_contact_attribute_map": {"plan": "plan-name", "seats": "seats"},
     }
     with caplog.at_level(logging.WARNING, logger="rasa_sparkcentral"):
-        result = await executor.run(
+        result = await run_action(
+            executor,
             _call(
                 "action_set_sparkcentral_contact_attributes",
                 slots=slots,
                 domain={"slots": PLAN_DOMAIN_SLOTS},
-            )
+            ),
         )
     assert result is not None
     assert _custom(result) == [{"setContactAttributes": {"seats": "2"}}]
@@ -220,8 +233,8 @@ async def test_set_attributes_warns_on_bad_names_and_missing_map(
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rasa_sparkcentral"):
-        result = await executor.run(
-            _call("action_set_sparkcentral_contact_attributes", slots={"plan": "pro"})
+        result = await run_action(
+            executor, _call("action_set_sparkcentral_contact_attributes", slots={"plan": "pro"})
         )
     assert result is not None and result["responses"] == []
     (warning,) = [r.getMessage() for r in caplog.records]
@@ -244,7 +257,8 @@ CONVERSATION = [
 
 async def test_handoff_leaves_a_note_then_hands_over(executor: ActionExecutor) -> None:
     domain = {"responses": {"utter_handoff": [{"text": "bye"}]}, "slots": PLAN_DOMAIN_SLOTS}
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_handoff_to_sparkcentral",
             domain=domain,
@@ -252,7 +266,7 @@ async def test_handoff_leaves_a_note_then_hands_over(executor: ActionExecutor) -
             slots={"plan": "pro", "newsletter": False, "sparkcentral_vip": True},
             text="I want to talk to a person",
             intent="human_handoff",
-        )
+        ),
     )
     assert result is not None
     assert [r.get("response") for r in result["responses"]] == ["utter_handoff", None]
@@ -282,14 +296,15 @@ async def test_note_is_bounded_and_its_slots_and_length_configurable(
     monkeypatch.setenv("SPARKCENTRAL_HANDOFF_NOTE_SLOTS", "seats, newsletter")
     long_text = "word " * 100
     events = [*CONVERSATION, _user(long_text, "human_handoff")]
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_handoff_to_sparkcentral",
             domain={"slots": PLAN_DOMAIN_SLOTS},
             events=events,
             slots={"plan": "pro", "seats": 12, "newsletter": False},
             intent="human_handoff",
-        )
+        ),
     )
     assert result is not None
     (payload,) = _custom(result)
@@ -306,11 +321,12 @@ async def test_note_can_be_turned_off_and_resolve_leaves_none(
     executor: ActionExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     call = _call("action_resolve_conversation", events=CONVERSATION, slots={"plan": "pro"})
-    result = await executor.run(call)
+    result = await run_action(executor, call)
     assert result is not None and _custom(result) == [{"complete": "RESOLVED"}]
     monkeypatch.setenv("SPARKCENTRAL_HANDOFF_NOTE", "off")
-    result = await executor.run(
-        _call("action_handoff_to_sparkcentral", events=CONVERSATION, slots={"plan": "pro"})
+    result = await run_action(
+        executor,
+        _call("action_handoff_to_sparkcentral", events=CONVERSATION, slots={"plan": "pro"}),
     )
     assert result is not None and _custom(result) == [{"complete": "HANDOVER"}]
 
@@ -319,13 +335,14 @@ async def test_handoff_writes_mapped_attributes_with_the_completion(
     executor: ActionExecutor,
 ) -> None:
     slots = {"plan": "enterprise", "sparkcentral_contact_attribute_map": {"plan": "plan"}}
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_handoff_to_sparkcentral",
             domain={"slots": PLAN_DOMAIN_SLOTS},
             slots=slots,
             events=CONVERSATION,
-        )
+        ),
     )
     assert result is not None
     (payload,) = _custom(result)
