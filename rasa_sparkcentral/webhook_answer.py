@@ -68,6 +68,13 @@ class WebhookAnswer:
             can_use_rest=self._rest.client is not None,
             allow_successor_fields=self._settings.allow_successor_fields,
         )
+        if answer.get("applyTags") and self._rest.inbound_message_id is None:
+            # tag names in an answer tag the message it answers: an assignment event has none
+            logger.warning(
+                "Conversation %s: tags %s dropped: this webhook answers no contact message",
+                conversation_id,
+                ", ".join(repr(t) for t in answer.pop("applyTags")),
+            )
         self.close(rest)
         return answer
 

@@ -5,6 +5,7 @@ REST shape of tags, and the webhook answer's merge."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Dict, List
 
@@ -15,7 +16,7 @@ from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.output import RestSink, SparkcentralOutput, tags_for_rest
 from rasa_sparkcentral.state import make_state
 from rasa_sparkcentral.testing.emulator import DEFAULT_SHARED_SECRET
-from rasa_sparkcentral.webhook_answer import merge_answer
+from rasa_sparkcentral.webhook_answer import WebhookAnswer, merge_answer
 
 
 class Recorder:
@@ -230,3 +231,22 @@ def test_merge_without_rest_drops_tags_naming_their_message(
         answer, rest = merge_answer(bodies, can_use_rest=False, allow_successor_fields=True)
     assert answer == {"applyTags": ["vip"], "complete": "RESOLVED"} and rest == []
     assert any("'old'" in r.getMessage() for r in caplog.records)
+
+
+async def test_answer_to_no_contact_message_drops_tag_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _output(platform="hootsuite").settings
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    body = {"sendMessage": {"text": "hi"}, "applyTags": ["vip"]}
+
+    answering = WebhookAnswer(RestSink(None, inbound_message_id="m-1"), settings)
+    await answering.put("c1", dict(body))
+    assert await answering.answer("c1", done) == body
+
+    assignment = WebhookAnswer(RestSink(None), settings)  # CONVERSATION_STARTED: no message
+    await assignment.put("c1", dict(body))
+    with caplog.at_level(logging.WARNING, logger="rasa_sparkcentral"):
+        assert await assignment.answer("c1", done) == {"sendMessage": {"text": "hi"}}
+    assert any("'vip'" in r.getMessage() for r in caplog.records)
