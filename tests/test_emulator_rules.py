@@ -32,6 +32,7 @@ from rasa_sparkcentral.testing.emulator import (
     EVENT_CONVERSATION_DELEGATED,
     SparkcentralEmulator,
 )
+from rasa_sparkcentral.testing.emulator.cli import build_parser, make_emulator
 
 # What the bot does with one delivery: a status, a JSON answer, or ("sleep", seconds).
 Move = Union[int, Dict[str, Any], tuple]
@@ -490,5 +491,43 @@ async def test_non_compact_json_is_signed_as_sent(bot: Bot) -> None:
         assert pretty and compact
         for body in pretty:
             assert body != json.dumps(json.loads(body), separators=(",", ":")).encode()
+    finally:
+        await emu.stop()
+
+
+def test_cli_plays_the_platform_asked_for() -> None:
+    env = {"SPARKCENTRAL_PLATFORM": "hootsuite", "SPARKCENTRAL_ORGANIZATION_ID": "org-7"}
+    args = build_parser(env).parse_args(["serve", "--reply-timeout", "60"])
+    emu = make_emulator(args)
+    assert (emu.platform, emu.organization_id, emu.reply_timeout) == ("hootsuite", "org-7", 60.0)
+    assert emu.token_path == "/oauth2/token"
+    classic = make_emulator(build_parser({}).parse_args(["serve"]))
+    assert (classic.platform, classic.reply_timeout) == ("sparkcentral", 300.0)
+
+
+async def test_admin_api_sends_inbound_fields_and_shows_the_new_records(
+    bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    emu = await emulator(bot, platform="hootsuite")
+    try:
+        base = f"{emu.base_url}/_emulator/conversations"
+        async with http.post(base, json={"language": "nl-NL"}) as r:
+            cid = (await r.json())["conversationId"]
+        bot.script = inbound_only({"applyTags": ["sales"], "indicateTyping": "START"})
+        said = {"payload": "/plan_pro", "trigger": {"type": "POST", "action": "MENTION"}}
+        async with http.post(f"{base}/{cid}/messages", json={**said, "topics": ["t"]}) as r:
+            answer = await r.json()
+        assert r.status == 200 and answer["webhook"]["attempts"][0]["status"] == 200
+        data = bot.envelopes("INBOUND_MESSAGE_RECEIVED")[-1]["data"]
+        assert data["message"] == {"messageId": answer["messageId"], "payload": "/plan_pro"}
+        assert (data["trigger"], data["conversationTopics"]) == (said["trigger"], ["t"])
+        assert data["language"] == "nl-NL"
+        async with http.post(f"{base}/{cid}/messages", json={"topics": "t"}) as r:
+            assert r.status == 400
+        async with http.get(f"{base}/{cid}") as r:
+            shown = await r.json()
+        assert shown["tags"] == [{"messageId": answer["messageId"], "tag": "sales"}]
+        assert (shown["typing"], shown["notes"], shown["attributesSet"]) == (["START"], [], {})
+        assert shown["handoverReason"] is None and shown["language"] == "nl-NL"
     finally:
         await emu.stop()
