@@ -37,11 +37,21 @@ SESSION_MINUTES = 0.1
 TRAIN = (sys.executable, "-m", "rasa", "train")
 
 
+def sql_tracker_store(path: Path) -> Dict[str, Any]:
+    """A SQLite tracker store: unlike the in-memory one, it keeps the events of earlier
+    sessions, so the tracker API (``include_events=ALL``) shows every message Rasa got."""
+    return {"type": "SQL", "dialect": "sqlite", "db": str(path)}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def published(start_bot: BotStarter) -> RasaHandle:
+async def published(start_bot: BotStarter, tmp_path_factory: pytest.TempPathFactory) -> RasaHandle:
     """The example bot with the published defaults: nothing after CONVERSATION_STARTED,
     greet after CONVERSATION_DELEGATED, max_event_age 300 s."""
-    return await start_bot(name="rasa-published", conversation_started_intent=None)
+    return await start_bot(
+        name="rasa-published",
+        conversation_started_intent=None,
+        tracker_store=sql_tracker_store(tmp_path_factory.mktemp("published") / "trackers.db"),
+    )
 
 
 def _stale_body(cid: str, text: str, minutes: float) -> bytes:
@@ -69,7 +79,7 @@ async def test_started_the_bot_answers_the_first_message_only(published: RasaHan
     await settle(emu, cid, quiet=1.0)
     assert emu.bot_texts(cid) == [HOURS]
     # a new conversation needs no /restart: Rasa opened the session itself
-    tracker = await get_tracker(published.url, cid)
+    tracker = await get_tracker(published.url, cid, include_events="ALL")
     assert user_texts(tracker) == ["what are your opening hours?"]
 
 
@@ -214,8 +224,9 @@ async def expiring(start_bot: BotStarter, expiring_model: Path) -> AsyncIterator
     starter = dataclasses.replace(
         start_bot, model_path=expiring_model, handles=[], own_emulators=[]
     )
+    store = sql_tracker_store(expiring_model.parent / "trackers.db")
     try:
-        yield await starter(name="rasa-expiring-sessions")
+        yield await starter(name="rasa-expiring-sessions", tracker_store=store)
     finally:
         await starter.close()
 
@@ -262,6 +273,7 @@ async def test_handed_back_after_the_session_expired_greets_never_the_fallback(
     # Rasa opened the new session itself (lifting the pause): no /restart was needed,
     # and none was sent (on Rasa Pro it would leave the greeting to the fallback)
     assert "/restart" not in user_texts(tracker)
+    assert "I want to talk to a person" in user_texts(tracker)  # the earlier session
     assert _events_of_last_session(tracker)[:4] == [
         ("action", "action_session_start"),
         ("session_started", None),
