@@ -1,8 +1,10 @@
 """The REST client against the emulator (a real HTTP server on loopback)."""
 
+import base64
 import logging
 import random
 from typing import AsyncIterator
+from urllib.parse import parse_qs
 
 import pytest
 from aiohttp import web
@@ -191,16 +193,16 @@ async def test_attachment_upload_then_send(emulator: SparkcentralEmulator) -> No
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     try:
         assert (
-            await client.upload_attachment(cid, "logo 1.png", data, "image/png")
+            await client.upload_attachment(cid, "logo_1.png", data, "image/png")
             is Outcome.DELIVERED
         )
         assert (
-            await client.act(cid, {"sendMessage": {"attachment": "logo 1.png"}})
+            await client.act(cid, {"sendMessage": {"attachment": "logo_1.png"}})
             is Outcome.DELIVERED
         )
     finally:
         await client.close()
-    assert emulator.conversations[cid].attachments["logo 1.png"] == ("image/png", data)
+    assert emulator.conversations[cid].attachments["logo_1.png"] == ("image/png", data)
 
 
 async def test_wrong_api_keys_fail_without_retry(
@@ -238,3 +240,87 @@ async def test_unreachable_sparkcentral_is_retried_then_reported(
         await client.close()
     assert client.stats.retries == 2
     assert "conv-x" in caplog.text
+
+
+@pytest.fixture
+async def webhook_sink() -> AsyncIterator[str]:
+    """A webhook URL on loopback that accepts everything."""
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/webhook", accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/webhook"
+    finally:
+        await runner.cleanup()
+
+
+async def test_token_answer_that_is_not_json_is_retried(emulator: SparkcentralEmulator) -> None:
+    cid = await conversation(emulator)
+    emulator.faults.token_not_json_next(1)
+    client = make_client(emulator)
+    try:
+        assert await client.act(cid, {"sendMessage": {"text": "hi"}}) is Outcome.DELIVERED
+    finally:
+        await client.close()
+    token_calls = emulator.calls_to("/virtual-agent/oauth2/token")
+    assert [(c.status, c.fault) for c in token_calls] == [(200, "token_not_json"), (200, None)]
+    assert token_calls[0].body == token_calls[1].body  # the same request, asked again
+    assert emulator.bot_texts(cid) == ["hi"]
+
+
+PLATFORM_CASES = {
+    "sparkcentral": (
+        {"platform": "sparkcentral"},
+        "/virtual-agent/oauth2/token",
+        {"grant_type": ["client_credentials"], "scope": ["client-read"]},
+        "",
+    ),
+    "hootsuite": (
+        {"platform": "hootsuite", "organization_id": "org-42"},
+        "/oauth2/token",
+        {"grant_type": ["organization_app"], "organization_id": ["org-42"]},
+        "/inbox/v1",
+    ),
+}
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORM_CASES))
+async def test_token_request_shape_and_reply_paths_per_platform(
+    platform: str, webhook_sink: str
+) -> None:
+    settings, token_path, form, prefix = PLATFORM_CASES[platform]
+    emu = SparkcentralEmulator(
+        webhook_url=webhook_sink, platform=platform, organization_id="org-42"
+    )
+    await emu.start()
+    client = make_client(emu, **settings)
+    try:
+        cid = await conversation(emu)
+        png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+        assert await client.upload_attachment(cid, "a.png", png, "image/png") is Outcome.DELIVERED
+        body = {"sendMessage": {"text": "hello", "attachment": "a.png"}}
+        assert await client.act(cid, body) is Outcome.DELIVERED
+    finally:
+        await client.close()
+        await emu.stop()
+    (token_call,) = emu.calls_to(token_path)
+    assert token_call.method == "POST" and token_call.status == 200
+    assert parse_qs(token_call.body.decode(), strict_parsing=True) == form
+    assert token_call.header("Content-Type") == "application/x-www-form-urlencoded"
+    basic = base64.b64encode(f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()).decode()
+    assert token_call.header("Authorization") == f"Basic {basic}"
+    assert token_call.header("Accept") == "application/json"
+    conversation_path = f"{prefix}/virtual-agent/conversations/{cid}"
+    assert [(c.method, c.path, c.status) for c in emu.calls if c is not token_call] == [
+        ("PUT", f"{conversation_path}/attachments/a.png", 200),
+        ("POST", conversation_path, 200),
+    ]
+    assert emu.bot_texts(cid) == ["hello"]

@@ -240,7 +240,7 @@ async def test_webhooks_are_signed_compact_envelopes(
     emu: SparkcentralEmulator, receiver: Receiver
 ) -> None:
     cid = await started(emu, name="Ann", vip=True, language="nl-BE")
-    await emu.contact_says(cid, "Hello ✓")
+    said = await emu.contact_says(cid, "Hello ✓")
     assert [d["valid"] for d in receiver.deliveries] == [True, True]
     for delivery in receiver.deliveries:
         body: bytes = delivery["body"]
@@ -273,7 +273,11 @@ async def test_webhooks_are_signed_compact_envelopes(
     assert data["medium"] == {"id": "smooch-rtm"}
     assert set(data["channel"]) == {"id", "name"}
     assert message_env["type"] == "INBOUND_MESSAGE_RECEIVED"
-    assert message_env["data"] == {"conversationId": cid, "message": {"text": "Hello ✓"}}
+    assert message_env["data"] == {
+        "conversationId": cid,
+        "message": {"messageId": said.message_id, "text": "Hello ✓"},
+    }
+    assert said.message_id
     assert start_env["idempotencyKey"] != message_env["idempotencyKey"]
     assert emu.conversations[cid].queue == "bot"
     assert emu.transcript_text(cid).splitlines()[-1] == "contact: Hello ✓"
@@ -486,7 +490,7 @@ async def test_action_validation(emu: SparkcentralEmulator, http: aiohttp.Client
     assert {"attribute": "plan", "value": "gold", "source": "VIRTUAL_AGENT"} in (
         conv.contact_attributes
     )
-    assert conv.typing == "START"
+    assert conv.typing == ["START"]
     assert "[topics: billing] (ignored unknown: does-not-exist)" in emu.transcript_text(cid)
 
 
@@ -893,7 +897,7 @@ async def test_cli_chat(receiver: Receiver, http: aiohttp.ClientSession) -> None
             async with http.post(
                 base + TOKEN_PATH,
                 auth=aiohttp.BasicAuth(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
-                data={"grant_type": "client_credentials"},
+                data={"grant_type": "client_credentials", "scope": "client-read"},
             ) as r:
                 token = (await r.json())["access_token"]
             auth = {"Authorization": f"Bearer {token}"}

@@ -4,7 +4,8 @@
   medium?, channel?, eventType?, name?, vip?, language?}`` -> ``{conversationId, webhook}``
 - ``GET  /_emulator/conversations`` -> ``{conversations: [{conversationId, queue, ...}]}``
 - ``GET  /_emulator/conversations/{id}`` -> queue, transcript, actions, attachments...
-- ``POST /_emulator/conversations/{id}/messages`` ``{text, force?}`` -> the contact writes
+- ``POST /_emulator/conversations/{id}/messages`` ``{text?, payload?, trigger?, topics?,
+  force?}`` -> the contact writes (``messageId`` in the answer)
 - ``POST /_emulator/conversations/{id}/handback`` ``{eventType?}`` -> back to the bot
 - ``POST /_emulator/conversations/{id}/agent`` ``{text}`` -> a human agent replies
 - ``GET  /_emulator/calls?limit=N&path=PREFIX`` -> recorded calls
@@ -21,7 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Set
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Set,
+)
 
 import aiohttp
 from aiohttp import web
@@ -50,12 +62,19 @@ class EmulatorControl(Protocol):
     def calls(self) -> List[RecordedCall]: ...
 
     @property
-    def accept_extended_fields(self) -> bool: ...
+    def extended_fields(self) -> bool: ...
 
     def conversation(self, conversation_id: str) -> Conversation: ...
 
     async def contact_says(
-        self, conversation_id: str, text: Optional[str], *, force: bool = False
+        self,
+        conversation_id: str,
+        text: Optional[str] = None,
+        *,
+        payload: Optional[str] = None,
+        trigger: Optional[Mapping[str, Any]] = None,
+        topics: Optional[Sequence[str]] = None,
+        force: bool = False,
     ) -> WebhookResult: ...
 
     async def hand_back(self, conversation_id: str, event_type: str = ...) -> WebhookResult: ...
@@ -138,17 +157,37 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
         }
 
     async def show(request: web.Request) -> JSONDict:
-        return emu.conversation(request.match_info["cid"]).to_dict(emu.accept_extended_fields)
+        return emu.conversation(request.match_info["cid"]).to_dict(emu.extended_fields)
 
     async def message(request: web.Request) -> JSONDict:
         body = await body_of(request)
         text = body.get("text")
         if text is not None and not isinstance(text, str):
             raise AdminError(400, "text must be a string")
+        payload = body.get("payload")
+        if payload is not None and not isinstance(payload, str):
+            raise AdminError(400, "payload must be a string")
+        trigger = body.get("trigger")
+        if trigger is not None and not isinstance(trigger, dict):
+            raise AdminError(400, "trigger must be an object {type, action}")
+        topics = body.get("topics")
+        if topics is not None and (
+            not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)
+        ):
+            raise AdminError(400, "topics must be a list of strings")
         result: WebhookResult = await emu.contact_says(
-            request.match_info["cid"], text, force=bool(body.get("force", False))
+            request.match_info["cid"],
+            text,
+            payload=payload,
+            trigger=trigger,
+            topics=topics,
+            force=bool(body.get("force", False)),
         )
-        return {"conversationId": request.match_info["cid"], "webhook": result.to_dict()}
+        return {
+            "conversationId": request.match_info["cid"],
+            "messageId": result.message_id,
+            "webhook": result.to_dict(),
+        }
 
     async def handback(request: web.Request) -> JSONDict:
         body = await body_of(request)

@@ -5,7 +5,7 @@
 
 Options also come from the environment: SPARKCENTRAL_EMULATOR_HOST, SPARKCENTRAL_EMULATOR_PORT,
 SPARKCENTRAL_WEBHOOK_URL, SPARKCENTRAL_SHARED_SECRET, SPARKCENTRAL_CLIENT_ID,
-SPARKCENTRAL_CLIENT_SECRET.
+SPARKCENTRAL_CLIENT_SECRET, SPARKCENTRAL_PLATFORM, SPARKCENTRAL_ORGANIZATION_ID.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import time
 from typing import Awaitable, Callable, List, Mapping, Optional, Sequence, TextIO
 
 import aiohttp
+
+from rasa_sparkcentral.protocol import REPLY_TIMEOUT
 
 from .contact import (
     EVENT_CONVERSATION_DELEGATED,
@@ -93,6 +95,23 @@ def build_parser(environ: Optional[Mapping[str, str]] = None) -> argparse.Argume
         action="store_true",
         help="treat sendMessages/setContactAttributes/indicateTyping as unknown fields",
     )
+    group.add_argument(
+        "--platform",
+        choices=("sparkcentral", "hootsuite"),
+        default=_env("SPARKCENTRAL_PLATFORM", "sparkcentral", env),
+        help="play classic Sparkcentral or Hootsuite Inbox 2.0 (env SPARKCENTRAL_PLATFORM)",
+    )
+    group.add_argument(
+        "--organization-id",
+        default=_env("SPARKCENTRAL_ORGANIZATION_ID", "emulator-org", env),
+        help="the organization_id the Inbox 2.0 token grant must name",
+    )
+    group.add_argument(
+        "--reply-timeout",
+        type=float,
+        default=REPLY_TIMEOUT,
+        help="seconds a contact message may wait for the bot before a human gets it",
+    )
     group.add_argument("--delay", type=float, default=0.0, help="seconds before REST answers")
     group.add_argument(
         "--fail-rate", type=float, default=0.0, help="probability of 503 on REST calls"
@@ -145,6 +164,9 @@ def make_emulator(args: argparse.Namespace) -> SparkcentralEmulator:
         token_lifetime=args.token_lifetime,
         known_topics=topics,
         accept_extended_fields=not args.classic,
+        platform=args.platform,
+        organization_id=args.organization_id,
+        reply_timeout=args.reply_timeout,
     )
     emu.faults.delay = args.delay
     emu.faults.fail_rate = args.fail_rate

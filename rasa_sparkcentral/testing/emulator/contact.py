@@ -88,9 +88,17 @@ def build_envelope(
     }
 
 
-def encode_envelope(envelope: Mapping[str, Any]) -> bytes:
-    """Compact JSON, UTF-8, as Sparkcentral sends it."""
+def encode_envelope(envelope: Mapping[str, Any], *, pretty: bool = False) -> bytes:
+    """Compact JSON, UTF-8, as Sparkcentral sends it; ``pretty``: indented, with spaces
+    after the separators (the signature covers the white space as sent)."""
+    if pretty:
+        return json.dumps(envelope, indent=2, ensure_ascii=False).encode("utf-8")
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def new_message_id() -> str:
+    """A ``message.messageId`` for a contact message."""
+    return new_sparkcentral_id()
 
 
 def signed_event(

@@ -22,8 +22,14 @@ class Fault:
 
     status: int
     kind: str
-    """``"fail"``, ``"rate_limit"``, ``"token_fail"`` or ``"random"``."""
+    """``"fail"``, ``"rate_limit"``, ``"token_fail"``, ``"token_not_json"`` or ``"random"``."""
     retry_after: Optional[float] = None
+
+    def raw_body(self) -> Optional[bytes]:
+        """A body that is not JSON (what a proxy's error page looks like), or None."""
+        if self.kind == "token_not_json":
+            return b"<html><body>502 Bad Gateway (emulated)</body></html>"
+        return None
 
     def body(self) -> Dict[str, Any]:
         if self.status == 429:
@@ -106,6 +112,11 @@ class FaultPlan:
         self._plan(self._token, Fault(status=status, kind="token_fail"), n)
         return self
 
+    def token_not_json_next(self, n: int = 1) -> FaultPlan:
+        """The next ``n`` token requests answer 200 with an HTML body, not JSON."""
+        self._plan(self._token, Fault(status=200, kind="token_not_json"), n)
+        return self
+
     def expire_tokens(self) -> FaultPlan:
         """Every token issued so far becomes invalid (401) until a new one is fetched."""
         self.token_cutoff = next_token_sequence()
@@ -182,7 +193,10 @@ class FaultPlan:
                 }
                 for p in self._rest
             ],
-            "pendingToken": [{"status": p.fault.status, "count": p.remaining} for p in self._token],
+            "pendingToken": [
+                {"status": p.fault.status, "kind": p.fault.kind, "count": p.remaining}
+                for p in self._token
+            ],
             "injected": self.injected,
         }
 
@@ -192,7 +206,7 @@ class FaultPlan:
         Keys: ``reset`` (bool, applied first), ``delay``, ``tokenDelay``, ``failRate``,
         ``randomStatus``, ``seed``, ``failNext`` (int or ``{"count", "status"}``),
         ``rateLimitNext`` (int or ``{"count", "retryAfter"}``), ``tokenFailNext``
-        (int or ``{"count", "status"}``), ``expireTokens`` (bool).
+        (int or ``{"count", "status"}``), ``tokenNotJsonNext`` (int), ``expireTokens`` (bool).
         """
         norm = {_snake(k): v for k, v in spec.items()}
         unknown = set(norm) - _KNOWN_KEYS
@@ -223,6 +237,9 @@ class FaultPlan:
         if "token_fail_next" in norm:
             count, opts = _count_spec(norm["token_fail_next"], "tokenFailNext")
             self.token_fail_next(count, status=int(opts.get("status", 503)))
+        if "token_not_json_next" in norm:
+            count, _ = _count_spec(norm["token_not_json_next"], "tokenNotJsonNext")
+            self.token_not_json_next(count)
         if norm.get("expire_tokens"):
             self.expire_tokens()
         return self
@@ -238,6 +255,7 @@ _KNOWN_KEYS = {
     "fail_next",
     "rate_limit_next",
     "token_fail_next",
+    "token_not_json_next",
     "expire_tokens",
 }
 

@@ -1,8 +1,13 @@
 """The emulator's HTTP API: what the bot calls, and the admin and asset routes.
 
-- ``POST /virtual-agent/oauth2/token``: client credentials (Basic auth) -> Bearer token;
-- ``POST /virtual-agent/conversations/{id}``: a bot action, applied by the state machine;
-- ``PUT  /virtual-agent/conversations/{id}/attachments/{filename}``: an upload;
+Paths and token grant follow the platform played (``rasa_sparkcentral.protocol.PLATFORMS``):
+
+- token: ``POST /virtual-agent/oauth2/token`` (classic: Basic auth,
+  ``grant_type=client_credentials&scope=client-read``) or ``POST /oauth2/token`` (Inbox 2.0:
+  Basic auth only, ``grant_type=organization_app&organization_id=<id>``) -> Bearer token;
+- ``POST {prefix}/virtual-agent/conversations/{id}``: a bot action, applied by the state machine;
+- ``PUT  {prefix}/virtual-agent/conversations/{id}/attachments/{filename}``: an upload
+  (filename ``[A-Za-z0-9._-]+``, fewer than 10,000,000 bytes);
 - ``/_emulator/...``: admin (admin.py) and assets (assets.py).
 
 Every request but the admin ones is recorded (``calls``) and published as an event. The
@@ -16,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import re
 import secrets
 import time
 import weakref
@@ -23,6 +29,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
 from aiohttp import web
+
+from rasa_sparkcentral.protocol import ATTACHMENT_FILENAME_PATTERN, SPARKCENTRAL
 
 from .admin import EmulatorControl, add_admin_routes
 from .assets import add_asset_routes, default_assets
@@ -39,10 +47,10 @@ from .models import (
     parse_json,
 )
 
-TOKEN_PATH = "/virtual-agent/oauth2/token"
-CONVERSATION_PATH = "/virtual-agent/conversations/{conversationId}"
-ATTACHMENT_PATH = "/virtual-agent/conversations/{conversationId}/attachments/{filename}"
 ADMIN_PREFIX = "/_emulator/"
+_FILENAME = re.compile(ATTACHMENT_FILENAME_PATTERN)
+#: Form fields that carry client credentials; Inbox 2.0 wants them in the Basic header only.
+_BODY_CREDENTIALS = ("client_id", "client_secret")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,11 +88,15 @@ class SparkcentralApi:
         """The aiohttp application; ``control`` drives the admin routes."""
         app = web.Application(
             middlewares=[self._recording_middleware()],
-            client_max_size=max(self.settings.max_attachment_size, 1024 * 1024) + 1,
+            # room above the limit, so that an upload at or over it is answered 400
+            client_max_size=max(self.settings.max_attachment_size, 1024 * 1024) * 2,
         )
-        app.router.add_post(TOKEN_PATH, self._handle_token)
-        app.router.add_post(CONVERSATION_PATH, self._handle_conversation)
-        app.router.add_put(ATTACHMENT_PATH, self._handle_attachment)
+        api = self.settings.api
+        app.router.add_post(api.token_path, self._handle_token)
+        app.router.add_post(api.conversation_path("{conversationId}"), self._handle_conversation)
+        app.router.add_put(
+            api.attachment_path("{conversationId}", "{filename}"), self._handle_attachment
+        )
         add_admin_routes(app, control)
         add_asset_routes(app, lambda name: self.assets.get(name))
         return app
@@ -155,6 +167,11 @@ class SparkcentralApi:
     @staticmethod
     def _fault_response(request: web.Request, fault: Fault) -> web.Response:
         request["fault"] = fault.kind
+        raw = fault.raw_body()
+        if raw is not None:
+            return web.Response(
+                body=raw, status=fault.status, content_type="text/html", headers=fault.headers()
+            )
         return web.json_response(fault.body(), status=fault.status, headers=fault.headers())
 
     async def _handle_token(self, request: web.Request) -> web.StreamResponse:
@@ -163,16 +180,25 @@ class SparkcentralApi:
         fault = self.faults.take_token_fault()
         if fault is not None:
             return self._fault_response(request, fault)
+        form = parse_qs((await request.read()).decode("utf-8", "replace"))
+        hootsuite = self.settings.platform != SPARKCENTRAL
+        if hootsuite and any(name in form for name in _BODY_CREDENTIALS):
+            return web.json_response(
+                {
+                    "error": "invalid_request",
+                    "error_description": "client credentials go in the Basic header only",
+                },
+                status=400,
+            )
         if not self._basic_auth_ok(request.headers.get("Authorization")):
             return web.json_response(
                 {"error": "invalid_client"},
                 status=401,
-                headers={"WWW-Authenticate": 'Basic realm="sparkcentral"'},
+                headers={"WWW-Authenticate": f'Basic realm="{self.settings.platform}"'},
             )
-        form = parse_qs((await request.read()).decode("utf-8", "replace"))
-        grant = form.get("grant_type", [""])[0]
-        if grant != "client_credentials":
-            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        refusal = self._grant_refusal(form)
+        if refusal is not None:
+            return web.json_response(refusal, status=400)
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
         if len(self._tokens) >= 256:
@@ -195,6 +221,19 @@ class SparkcentralApi:
         return web.json_response(
             answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
         )
+
+    def _grant_refusal(self, form: Dict[str, List[str]]) -> Optional[JSONDict]:
+        """Why the token form is refused (400), or None; the grant the platform publishes."""
+        expected = dict(self.settings.api.token_grant)
+        if self.settings.platform != SPARKCENTRAL:
+            expected["organization_id"] = self.settings.organization_id
+        if form.get("grant_type") != [expected["grant_type"]]:
+            return {"error": "unsupported_grant_type"}
+        for name, value in expected.items():
+            if form.get(name) != [value]:
+                error = "invalid_scope" if name == "scope" else "invalid_request"
+                return {"error": error, "error_description": f"{name} must be {value!r}"}
+        return None
 
     def _basic_auth_ok(self, header: Optional[str]) -> bool:
         if not header:
@@ -267,7 +306,7 @@ class SparkcentralApi:
                 {"error": "bad_request", "message": "the body must be a JSON object"},
                 status=400,
             )
-        error = self.machine.validate(conv, payload)
+        error = self.machine.validate(conv, payload, via="rest")
         if error is not None:
             return web.json_response({"error": "bad_request", "message": error}, status=400)
         self.machine.apply(conv, payload, via="rest")
@@ -285,6 +324,8 @@ class SparkcentralApi:
         def bad(message: str, status: int = 400) -> web.Response:
             return web.json_response({"error": "bad_request", "message": message}, status=status)
 
+        if not _FILENAME.match(filename):
+            return bad(f"the filename {filename!r} must match {ATTACHMENT_FILENAME_PATTERN}")
         if not content_type:
             return bad("a Content-Type header is required")
         if request.content_length is None:
@@ -296,8 +337,9 @@ class SparkcentralApi:
                 f"Content-Length {request.content_length} does not match the body "
                 f"({len(body)} bytes)"
             )
-        if len(body) > self.settings.max_attachment_size:
-            return bad(f"attachment larger than {self.settings.max_attachment_size} bytes", 413)
+        limit = self.settings.max_attachment_size
+        if len(body) >= limit:
+            return bad(f"an attachment must be fewer than {limit} bytes ({len(body)} sent)")
         conv.attachments[filename] = (content_type, body)
         self.bus.notify()
         return web.json_response({})

@@ -8,9 +8,17 @@ applied here; nothing here speaks HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from .contact import ASSIGNMENT_EVENTS, EVENT_INBOUND_MESSAGE_RECEIVED
+from rasa_sparkcentral.protocol import ATTRIBUTE_KEY_PATTERN
+
+from .contact import (
+    ASSIGNMENT_EVENTS,
+    EVENT_CONVERSATION_DELEGATED,
+    EVENT_INBOUND_MESSAGE_RECEIVED,
+)
 from .events import EventBus
 from .models import (
     QUEUE_BOT,
@@ -37,8 +45,24 @@ from .models import (
 COMPLETE_VALUES = ("HANDOVER", "RESOLVED")
 TYPING_VALUES = ("START", "STOP")
 CLASSIC_FIELDS = ("sendMessage", "applyTopics", "complete")
-EXTENDED_FIELDS = ("sendMessages", "setContactAttributes", "indicateTyping")
+EXTENDED_FIELDS = (
+    "sendMessages",
+    "setContactAttributes",
+    "indicateTyping",
+    "applyTags",
+    "applyConversationNotes",
+)
 MESSAGE_FIELDS = ("text", "attachment")
+_ATTRIBUTE_KEY = re.compile(ATTRIBUTE_KEY_PATTERN)
+
+# Why a conversation left the bot (Conversation.handover_reason).
+REASON_BOT = "bot"
+REASON_WEBHOOK_FAILED = "webhook_failed"
+REASON_REPLY_TIMEOUT = "reply_timeout"
+REASON_NO_QUESTION = "no_question"
+# The two timers a conversation with the bot may run.
+TIMER_REPLY = "reply"
+TIMER_QUESTION = "question"
 
 
 class ConversationMachine:
@@ -50,8 +74,10 @@ class ConversationMachine:
         self.conversations: Dict[str, Conversation] = {}
         self.unknown_fields: List[UnknownField] = []
         self.webhook_answer_errors: List[str] = []
+        self._timers: Dict[Tuple[str, str], asyncio.TimerHandle] = {}
 
     def reset(self) -> None:
+        self.cancel_timers()
         self.conversations.clear()
         self.unknown_fields.clear()
         self.webhook_answer_errors.clear()
@@ -65,7 +91,7 @@ class ConversationMachine:
 
     def bot_texts(self, conversation_id: str) -> List[str]:
         conv = self.conversations.get(conversation_id)
-        return [] if conv is None else conv.bot_texts(self.settings.accept_extended_fields)
+        return [] if conv is None else conv.bot_texts(self.settings.extended_fields)
 
     def transcript_text(self, conversation_id: Optional[str] = None) -> str:
         """Human-readable transcript of one conversation, or of all of them."""
@@ -117,13 +143,25 @@ class ConversationMachine:
             channel = data.get("channel")
             if isinstance(channel, dict):
                 conv.channel = dict(channel)
+            language = data.get("language")
+            if isinstance(language, str):
+                conv.language = language
             conv.queue = QUEUE_BOT
-            conv.typing = None
+            conv.handover_reason = None
             conv.assignments += 1
             self.add_entry(
                 conv,
                 TranscriptEntry(sender=SENDER_SYSTEM, text=f"[{event_type} -> bot queue]"),
             )
+            self._cancel(cid, TIMER_REPLY)
+            if event_type == EVENT_CONVERSATION_DELEGATED:
+                # the bot is expected to ask the first question, or it is handed back
+                self._arm(
+                    conv,
+                    TIMER_QUESTION,
+                    self.settings.delegated_question_timeout,
+                    REASON_NO_QUESTION,
+                )
         elif event_type == EVENT_INBOUND_MESSAGE_RECEIVED:
             conv = self.conversations.get(cid)
             if conv is None:
@@ -131,6 +169,12 @@ class ConversationMachine:
                 self.conversations[cid] = conv
             message = data.get("message")
             text = message.get("text") if isinstance(message, dict) else None
+            message_id = message.get("messageId") if isinstance(message, dict) else None
+            if isinstance(message_id, str):
+                conv.message_ids.append(message_id)
+            if conv.queue == QUEUE_BOT and (cid, TIMER_REPLY) not in self._timers:
+                # the oldest unanswered contact message sets the deadline
+                self._arm(conv, TIMER_REPLY, self.settings.reply_timeout, REASON_REPLY_TIMEOUT)
             self.add_entry(
                 conv,
                 TranscriptEntry(
@@ -158,7 +202,7 @@ class ConversationMachine:
             elif conv.queue != QUEUE_BOT:
                 result.error = f"conversation is in the {conv.queue!r} queue, not the bot's"
             else:
-                result.error = self.validate(conv, result.json)
+                result.error = self.validate(conv, result.json, via="webhook")
                 if result.error is None:
                     self.apply(conv, result.json, via="webhook")
                     result.applied = True
@@ -166,7 +210,9 @@ class ConversationMachine:
             self.webhook_answer_errors.append(f"{where}: {result.error}")
             self.settings.trim(self.webhook_answer_errors)
 
-    def validate(self, conv: Conversation, payload: JSONDict) -> Optional[str]:
+    def validate(self, conv: Conversation, payload: JSONDict, via: str = "rest") -> Optional[str]:
+        """Why ``payload`` is refused (400), or None. ``via`` is "rest" or "webhook": a
+        webhook answer tags by name, a REST body by ``{messageId, tag}``."""
         known = self.known_fields()
         for name, value in payload.items():
             if name not in known or value is None:
@@ -196,6 +242,22 @@ class ConversationMachine:
                 ):
                     error = "setContactAttributes must be an object of string values"
                 else:
+                    bad = [k for k in value if not _ATTRIBUTE_KEY.match(k)]
+                    error = (
+                        f"setContactAttributes keys must match {ATTRIBUTE_KEY_PATTERN}: "
+                        + ", ".join(repr(k) for k in bad)
+                        if bad
+                        else None
+                    )
+            elif name == "applyTags":
+                error = self._validate_tags(conv, value, via)
+            elif name == "applyConversationNotes":
+                if not isinstance(value, list) or not all(
+                    isinstance(n, dict) and isinstance(n.get("text"), str) and n["text"]
+                    for n in value
+                ):
+                    error = 'applyConversationNotes must be a list of {"text": "..."}'
+                else:
                     error = None
             else:  # indicateTyping
                 error = (
@@ -207,8 +269,30 @@ class ConversationMachine:
                 return error
         return None
 
+    @staticmethod
+    def _validate_tags(conv: Conversation, value: Any, via: str) -> Optional[str]:
+        if not isinstance(value, list):
+            return "applyTags must be a list"
+        if via == "webhook":
+            if not all(isinstance(t, str) and t for t in value):
+                return "applyTags in a webhook answer must be a list of tag names"
+            if not conv.message_ids:
+                return "applyTags: the conversation has no contact message to tag"
+            return None
+        for tag in value:
+            if not (
+                isinstance(tag, dict)
+                and isinstance(tag.get("messageId"), str)
+                and isinstance(tag.get("tag"), str)
+                and tag["tag"]
+            ):
+                return 'applyTags over REST must be a list of {"messageId": ..., "tag": ...}'
+            if tag["messageId"] not in conv.message_ids:
+                return f"applyTags: unknown messageId {tag['messageId']!r} in {conv.id}"
+        return None
+
     def known_fields(self) -> Tuple[str, ...]:
-        if self.settings.accept_extended_fields:
+        if self.settings.extended_fields:
             return CLASSIC_FIELDS + EXTENDED_FIELDS
         return CLASSIC_FIELDS
 
@@ -227,7 +311,7 @@ class ConversationMachine:
         if attachment is not None and attachment not in conv.attachments:
             return (
                 f"{where}.attachment {attachment!r} was not uploaded for conversation "
-                f"{conv.id}: PUT /virtual-agent/conversations/{conv.id}/attachments/"
+                f"{conv.id}: PUT .../virtual-agent/conversations/{conv.id}/attachments/"
                 f"{attachment} first"
             )
         return None
@@ -261,23 +345,30 @@ class ConversationMachine:
                     size=size,
                 ),
             )
-        extended = self.settings.accept_extended_fields
+        extended = self.settings.extended_fields
+        if self.messages(payload):
+            self._cancel(conv.id, TIMER_REPLY)
+            self._cancel(conv.id, TIMER_QUESTION)
         attributes = payload.get("setContactAttributes") if extended else None
         if isinstance(attributes, dict) and attributes:
-            for key, value in attributes.items():
-                for existing in conv.contact_attributes:
-                    if existing.get("attribute") == key:
-                        existing["value"] = value
-                        break
+            self._set_attributes(conv, attributes, via)
+        tags = payload.get("applyTags") if extended else None
+        if isinstance(tags, list) and tags:
+            for tag in tags:
+                if isinstance(tag, str):  # a name in a webhook answer: the latest message
+                    conv.tags.append({"messageId": conv.message_ids[-1], "tag": tag})
                 else:
-                    conv.contact_attributes.append(
-                        {"attribute": key, "value": value, "source": "VIRTUAL_AGENT"}
-                    )
-            shown = ", ".join(f"{k}={v}" for k, v in attributes.items())
-            self.add_entry(conv, _system(f"[contact attributes: {shown}]", via))
+                    conv.tags.append({"messageId": tag["messageId"], "tag": tag["tag"]})
+            shown = ", ".join(t["tag"] for t in conv.tags[-len(tags) :])
+            self.add_entry(conv, _system(f"[tags: {shown}]", via))
+        notes = payload.get("applyConversationNotes") if extended else None
+        if isinstance(notes, list):
+            for note in notes:
+                conv.notes.append(note["text"])
+                self.add_entry(conv, _system(f"[note: {note['text']}]", via))
         typing = payload.get("indicateTyping") if extended else None
         if isinstance(typing, str):
-            conv.typing = typing
+            conv.typing.append(typing)
         topics = payload.get("applyTopics")
         if isinstance(topics, list):
             known_topics = self.settings.known_topics
@@ -291,17 +382,79 @@ class ConversationMachine:
             self.add_entry(conv, _system(line, via))
         complete = payload.get("complete")
         if complete == "HANDOVER":
-            conv.queue = QUEUE_NEW
-            conv.typing = None
-            self.add_entry(conv, _system("[HANDOVER -> new queue]", via))
+            self.hand_over(conv, REASON_BOT, "[HANDOVER -> new queue]", via)
         elif complete == "RESOLVED":
             conv.queue = QUEUE_RESOLVED
-            conv.typing = None
+            self.cancel_timers(conv.id)
             self.add_entry(conv, _system("[RESOLVED -> conversation closed]", via))
         self.bus.notify()
 
+    def _set_attributes(self, conv: Conversation, attributes: JSONDict, via: str) -> None:
+        """Set the contact's attributes; one that already has a value keeps it."""
+        shown: List[str] = []
+        for key, value in attributes.items():
+            existing = next((a for a in conv.contact_attributes if a.get("attribute") == key), None)
+            if existing is not None and existing.get("value") not in (None, ""):
+                shown.append(f"{key} kept {existing.get('value')}")
+                continue
+            if existing is None:
+                conv.contact_attributes.append(
+                    {"attribute": key, "value": value, "source": "VIRTUAL_AGENT"}
+                )
+            else:
+                existing["value"] = value
+            conv.attributes_set[key] = value
+            shown.append(f"{key}={value}")
+        self.add_entry(conv, _system(f"[contact attributes: {', '.join(shown)}]", via))
+
+    # ------------------------------------------------------------------ handover rules
+    def hand_over(
+        self, conv: Conversation, reason: str, line: str, via: Optional[str] = None
+    ) -> None:
+        """The conversation goes to the New queue (a human agent's turn)."""
+        conv.queue = QUEUE_NEW
+        conv.handover_reason = reason
+        self.cancel_timers(conv.id)
+        self.add_entry(conv, _system(line, via))
+        self.bus.notify()
+
+    def webhook_failed(self, conversation_id: Optional[str], attempts: int) -> None:
+        """Every try of a delivery failed: a human gets the conversation."""
+        conv = self.conversations.get(conversation_id) if conversation_id else None
+        if conv is not None and conv.queue == QUEUE_BOT:
+            self.hand_over(
+                conv,
+                REASON_WEBHOOK_FAILED,
+                f"[webhook failed {attempts} time(s) -> new queue]",
+            )
+
+    def _arm(self, conv: Conversation, timer: str, delay: float, reason: str) -> None:
+        self._cancel(conv.id, timer)
+        loop = asyncio.get_running_loop()
+        self._timers[(conv.id, timer)] = loop.call_later(
+            delay, self._expire, conv.id, timer, reason, delay
+        )
+
+    def _expire(self, conversation_id: str, timer: str, reason: str, delay: float) -> None:
+        self._timers.pop((conversation_id, timer), None)
+        conv = self.conversations.get(conversation_id)
+        if conv is not None and conv.queue == QUEUE_BOT:
+            what = "no bot reply" if timer == TIMER_REPLY else "no first question"
+            self.hand_over(conv, reason, f"[{what} within {delay:g}s -> new queue]")
+
+    def _cancel(self, conversation_id: str, timer: str) -> None:
+        handle = self._timers.pop((conversation_id, timer), None)
+        if handle is not None:
+            handle.cancel()
+
+    def cancel_timers(self, conversation_id: Optional[str] = None) -> None:
+        """Stop the reply and first-question timers of one conversation (None: of all)."""
+        for key in list(self._timers):
+            if conversation_id is None or key[0] == conversation_id:
+                self._timers.pop(key).cancel()
+
     def messages(self, payload: JSONDict) -> List[JSONDict]:
-        return messages_of(payload, self.settings.accept_extended_fields)
+        return messages_of(payload, self.settings.extended_fields)
 
     def add_entry(self, conv: Conversation, entry: TranscriptEntry) -> None:
         conv.transcript.append(entry)

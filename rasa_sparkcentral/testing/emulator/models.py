@@ -8,6 +8,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
+from rasa_sparkcentral.protocol import (
+    ATTACHMENT_LIMIT_BYTES,
+    DELEGATED_QUESTION_TIMEOUT,
+    PLATFORMS,
+    REPLY_TIMEOUT,
+    SPARKCENTRAL,
+    WEBHOOK_DEADLINE,
+    WEBHOOK_RETRIES,
+    WEBHOOK_RETRY_BACKOFF_MAX,
+    Platform,
+)
 from rasa_sparkcentral.signature import decode_secret
 
 QUEUE_BOT = "bot"
@@ -38,10 +49,28 @@ class EmulatorSettings:
         token_lifetime: float,
         known_topics: Optional[Iterable[str]],
         accept_extended_fields: bool,
-        webhook_timeout: float,
-        max_calls: Optional[int],
-        max_attachment_size: int,
+        webhook_timeout: float = WEBHOOK_DEADLINE,
+        max_calls: Optional[int] = None,
+        max_attachment_size: int = ATTACHMENT_LIMIT_BYTES,
+        platform: str = SPARKCENTRAL,
+        organization_id: str = "emulator-org",
+        reply_timeout: float = REPLY_TIMEOUT,
+        delegated_question_timeout: float = DELEGATED_QUESTION_TIMEOUT,
+        webhook_retries: int = WEBHOOK_RETRIES,
+        webhook_retry_backoff_max: float = WEBHOOK_RETRY_BACKOFF_MAX,
+        pretty_json: bool = False,
     ) -> None:
+        if platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {sorted(PLATFORMS)}, not {platform!r}")
+        if webhook_retries < 0:
+            raise ValueError("webhook_retries must be >= 0")
+        self.platform = platform
+        self.organization_id = organization_id
+        self.reply_timeout = reply_timeout
+        self.delegated_question_timeout = delegated_question_timeout
+        self.webhook_retries = webhook_retries
+        self.webhook_retry_backoff_max = webhook_retry_backoff_max
+        self.pretty_json = pretty_json
         self.client_id = client_id
         self.client_secret = client_secret
         self.shared_key = decode_secret(shared_secret)
@@ -55,6 +84,17 @@ class EmulatorSettings:
         self.webhook_timeout = webhook_timeout
         self.max_calls = max_calls
         self.max_attachment_size = max_attachment_size
+
+    @property
+    def api(self) -> Platform:
+        """The platform's paths, token grant and signature header."""
+        return PLATFORMS[self.platform]
+
+    @property
+    def extended_fields(self) -> bool:
+        """Inbox 2.0 documents the successor fields; classic Sparkcentral only behind the
+        ``accept_extended_fields`` switch."""
+        return self.platform != SPARKCENTRAL or self.accept_extended_fields
 
     @property
     def shared_secret(self) -> str:
@@ -115,10 +155,11 @@ class RecordedCall:
     @property
     def conversation_id(self) -> Optional[str]:
         """The conversation a ``/virtual-agent/conversations/{id}...`` call was about."""
-        prefix = "/virtual-agent/conversations/"
-        if not self.path.startswith(prefix):
+        marker = "/virtual-agent/conversations/"
+        where = self.path.find(marker)
+        if where < 0 or self.path[:where] not in ("", "/inbox/v1"):
             return None
-        return self.path[len(prefix) :].split("/", 1)[0] or None
+        return self.path[where + len(marker) :].split("/", 1)[0] or None
 
     def to_dict(self, max_body: int = 65536) -> JSONDict:
         text: Optional[str] = None
@@ -214,20 +255,36 @@ class Conversation:
     attachments: Dict[str, Tuple[str, bytes]] = field(default_factory=dict)
     transcript: List[TranscriptEntry] = field(default_factory=list)
     actions: List[BotAction] = field(default_factory=list)
-    typing: Optional[str] = None
+    typing: List[str] = field(default_factory=list)
+    """``indicateTyping`` values the bot sent (START/STOP), in order."""
     assignments: int = 0
     """How many times the conversation was assigned to the bot (start + hand-backs)."""
     created_at: float = field(default_factory=time.monotonic)
+    language: Optional[str] = None
+    tags: List[JSONDict] = field(default_factory=list)
+    """``{"messageId", "tag"}`` applied by the bot, in order."""
+    notes: List[str] = field(default_factory=list)
+    """Texts of ``applyConversationNotes``, in order."""
+    attributes_set: Dict[str, str] = field(default_factory=dict)
+    """Contact attributes the bot set (an attribute that had a value is not overwritten)."""
+    handover_reason: Optional[str] = None
+    """Why the conversation left the bot: "bot", "webhook_failed", "reply_timeout",
+    "no_question" (None while the bot has it or when it was resolved)."""
+    message_ids: List[str] = field(default_factory=list)
+    """``messageId`` of every contact message sent to the bot, in order."""
 
     def started_data(self) -> JSONDict:
         """The ``data`` of a CONVERSATION_STARTED event for this conversation."""
-        return {
+        data: JSONDict = {
             "conversationId": self.id,
             "contactProfile": dict(self.contact_profile),
             "contactAttributes": [dict(a) for a in self.contact_attributes],
             "medium": {"id": self.medium},
             "channel": dict(self.channel),
         }
+        if self.language is not None:
+            data["language"] = self.language
+        return data
 
     def bot_texts(self, extended: bool = True) -> List[str]:
         """Texts the bot sent; ``extended=False`` ignores ``sendMessages`` (classic mode)."""
@@ -253,8 +310,13 @@ class Conversation:
                 name: {"contentType": ctype, "size": len(data)}
                 for name, (ctype, data) in self.attachments.items()
             },
-            "typing": self.typing,
+            "typing": list(self.typing),
             "assignments": self.assignments,
+            "language": self.language,
+            "tags": [dict(t) for t in self.tags],
+            "notes": list(self.notes),
+            "attributesSet": dict(self.attributes_set),
+            "handoverReason": self.handover_reason,
             "transcript": [entry.to_dict() for entry in self.transcript],
             "actions": [{"via": a.via, "body": a.body, "at": a.at} for a in self.actions],
             "botTexts": self.bot_texts(extended),
@@ -299,6 +361,11 @@ class WebhookResult:
     error: Optional[str] = None
     """Why a non-empty answer was not applied (invalid, conversation not with the bot...)."""
     results: List[WebhookResult] = field(default_factory=list, repr=False)
+    attempts: List[JSONDict] = field(default_factory=list)
+    """Every try of this delivery under the retry rule: ``{status, elapsed, error}``
+    (status 0 when no answer came)."""
+    message_id: Optional[str] = None
+    """``message.messageId`` of the contact message this delivery carried."""
 
     @property
     def ok(self) -> bool:
@@ -313,6 +380,8 @@ class WebhookResult:
             "delivered": self.delivered,
             "applied": self.applied,
             "error": self.error,
+            "attempts": [dict(a) for a in self.attempts],
+            "messageId": self.message_id,
         }
 
 

@@ -34,7 +34,16 @@ from typing import (
 
 from aiohttp import web
 
-from rasa_sparkcentral.protocol import WEBHOOK_PATH
+from rasa_sparkcentral.protocol import (
+    ATTACHMENT_LIMIT_BYTES,
+    DELEGATED_QUESTION_TIMEOUT,
+    REPLY_TIMEOUT,
+    SPARKCENTRAL,
+    WEBHOOK_DEADLINE,
+    WEBHOOK_PATH,
+    WEBHOOK_RETRIES,
+    WEBHOOK_RETRY_BACKOFF_MAX,
+)
 
 from .contact import (
     EVENT_CONVERSATION_STARTED,
@@ -43,6 +52,7 @@ from .contact import (
     default_contact_attributes,
     default_contact_profile,
     new_conversation_id,
+    new_message_id,
 )
 from .events import EventBus, Listener
 from .faults import FaultPlan
@@ -106,6 +116,16 @@ class SparkcentralEmulator:
     they are treated like any unknown field (accepted, recorded in ``unknown_fields``, not
     applied), as classic Sparkcentral would. ``max_calls`` bounds ``calls`` and
     ``webhook_deliveries`` (oldest dropped) for long benchmarks.
+
+    ``platform`` is "sparkcentral" (classic) or "hootsuite" (Inbox 2.0): token path and grant,
+    API prefix and signature header follow it (``token_path``, ``api_prefix``,
+    ``signature_header``); with "hootsuite" the successor fields are always known and every
+    contact message repeats channel, contactProfile, medium and language. The published
+    rules run on real timers: ``webhook_timeout``/``webhook_retries``/
+    ``webhook_retry_backoff_max`` (a failing webhook is retried, then handed over),
+    ``reply_timeout`` (a contact message the bot leaves unanswered) and
+    ``delegated_question_timeout`` (no first question after CONVERSATION_DELEGATED).
+    ``pretty_json`` sends every other webhook as indented JSON (signed as sent).
     """
 
     # settings (shared by every part)
@@ -119,6 +139,12 @@ class SparkcentralEmulator:
     webhook_timeout: _Forward[float] = _Forward("settings")
     max_calls: _Forward[Optional[int]] = _Forward("settings")
     max_attachment_size: _Forward[int] = _Forward("settings")
+    organization_id: _Forward[str] = _Forward("settings")
+    reply_timeout: _Forward[float] = _Forward("settings")
+    delegated_question_timeout: _Forward[float] = _Forward("settings")
+    webhook_retries: _Forward[int] = _Forward("settings")
+    webhook_retry_backoff_max: _Forward[float] = _Forward("settings")
+    pretty_json: _Forward[bool] = _Forward("settings")
     # the HTTP API: fault gate, assets, recorded calls, counters
     faults: _Forward[FaultPlan] = _Forward("api")
     assets: _Forward[Dict[str, Tuple[str, bytes]]] = _Forward("api")
@@ -142,9 +168,16 @@ class SparkcentralEmulator:
         token_lifetime: float = 3600.0,
         known_topics: Optional[Iterable[str]] = None,
         accept_extended_fields: bool = True,
-        webhook_timeout: float = 30.0,
+        webhook_timeout: float = WEBHOOK_DEADLINE,
         max_calls: Optional[int] = None,
-        max_attachment_size: int = 25 * 1024 * 1024,
+        max_attachment_size: int = ATTACHMENT_LIMIT_BYTES,
+        platform: str = SPARKCENTRAL,
+        organization_id: str = "emulator-org",
+        reply_timeout: float = REPLY_TIMEOUT,
+        delegated_question_timeout: float = DELEGATED_QUESTION_TIMEOUT,
+        webhook_retries: int = WEBHOOK_RETRIES,
+        webhook_retry_backoff_max: float = WEBHOOK_RETRY_BACKOFF_MAX,
+        pretty_json: bool = False,
     ) -> None:
         self.settings = EmulatorSettings(
             client_id=client_id,
@@ -157,6 +190,13 @@ class SparkcentralEmulator:
             webhook_timeout=webhook_timeout,
             max_calls=max_calls,
             max_attachment_size=max_attachment_size,
+            platform=platform,
+            organization_id=organization_id,
+            reply_timeout=reply_timeout,
+            delegated_question_timeout=delegated_question_timeout,
+            webhook_retries=webhook_retries,
+            webhook_retry_backoff_max=webhook_retry_backoff_max,
+            pretty_json=pretty_json,
         )
         self.events = EventBus()
         """Listeners and subscriptions: ``async with emu.events.subscribe() as events``."""
@@ -166,6 +206,34 @@ class SparkcentralEmulator:
         self._runner: Optional[web.AppRunner] = None
         self._base_url: Optional[str] = None
         self.app = self.api.build_app(self)
+
+    # ------------------------------------------------------------------ platform
+    @property
+    def platform(self) -> str:
+        """ "sparkcentral" or "hootsuite" (fixed when the emulator is made)."""
+        return self.settings.platform
+
+    @property
+    def extended_fields(self) -> bool:
+        """Whether the successor fields are known (always on "hootsuite")."""
+        return self.settings.extended_fields
+
+    @property
+    def signature_header(self) -> str:
+        """The header webhooks are signed with on this platform."""
+        return self.settings.api.signature_header
+
+    @property
+    def token_path(self) -> str:
+        return self.settings.api.token_path
+
+    @property
+    def api_prefix(self) -> str:
+        """Prefix of the conversation and attachment paths ("" or "/inbox/v1")."""
+        return self.settings.api.api_prefix
+
+    def conversation_path(self, conversation_id: str) -> str:
+        return self.settings.api.conversation_path(conversation_id)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -211,7 +279,8 @@ class SparkcentralEmulator:
         return self._base_url
 
     async def stop(self) -> None:
-        """Stop serving and close the webhook client session."""
+        """Stop serving, stop the rule timers and close the webhook client session."""
+        self.machine.cancel_timers()
         await self.sender.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -330,7 +399,7 @@ class SparkcentralEmulator:
     @property
     def rest_calls(self) -> List[RecordedCall]:
         """Conversation and attachment calls (token requests excluded)."""
-        return self.calls_to("/virtual-agent/conversations/")
+        return self.calls_to(f"{self.api_prefix}/virtual-agent/conversations/")
 
     def transcript_text(self, conversation_id: Optional[str] = None) -> str:
         """Human-readable transcript of one conversation, or of all of them."""
@@ -399,12 +468,27 @@ class SparkcentralEmulator:
             "medium": {"id": medium},
             "channel": dict(channel) if channel is not None else default_channel(),
         }
+        if language:
+            data["language"] = language
         return await self.deliver(event_type, data)
 
     async def contact_says(
-        self, conversation_id: str, text: Optional[str], *, force: bool = False
+        self,
+        conversation_id: str,
+        text: Optional[str] = None,
+        *,
+        payload: Optional[str] = None,
+        trigger: Optional[Mapping[str, Any]] = None,
+        topics: Optional[Sequence[str]] = None,
+        force: bool = False,
     ) -> WebhookResult:
         """The contact writes. Sent to the bot only while the bot has the conversation.
+
+        ``payload`` is the payload of a quick reply or postback button the contact pressed,
+        ``trigger`` what the message answers (``{"type": "STORY", "action": "REPLY"}``),
+        ``topics`` the ``conversationTopics``. Every message gets a ``messageId``
+        (``result.message_id``). On "hootsuite" the message repeats the conversation's
+        channel, contactProfile, medium and language.
 
         When a human agent has it (queue "new") or it is resolved, the message lands in the
         transcript and no webhook is sent (``result.delivered`` is False, status 0), unless
@@ -424,11 +508,24 @@ class SparkcentralEmulator:
                 delivered=False,
                 error=f"conversation is in the {conv.queue!r} queue; the bot is not notified",
             )
-        message: JSONDict = {} if text is None else {"text": text}
-        return await self.deliver(
-            EVENT_INBOUND_MESSAGE_RECEIVED,
-            {"conversationId": conversation_id, "message": message},
-        )
+        message: JSONDict = {"messageId": new_message_id()}
+        if text is not None:
+            message["text"] = text
+        if payload is not None:
+            message["payload"] = payload
+        data: JSONDict = {"conversationId": conversation_id, "message": message}
+        if trigger is not None:
+            data["trigger"] = dict(trigger)
+        if topics is not None:
+            data["conversationTopics"] = list(topics)
+        if self.platform != SPARKCENTRAL:
+            started = conv.started_data()
+            for name in ("channel", "contactProfile", "medium", "language"):
+                if name in started:
+                    data[name] = started[name]
+        result = await self.deliver(EVENT_INBOUND_MESSAGE_RECEIVED, data)
+        result.message_id = message["messageId"]
+        return result
 
     async def hand_back(
         self, conversation_id: str, event_type: str = EVENT_CONVERSATION_STARTED
@@ -489,5 +586,5 @@ class SparkcentralEmulator:
         )
 
     def sign(self, body: bytes) -> str:
-        """The X-Sparkcentral-Signature of ``body`` under the shared secret."""
+        """The signature (``signature_header``) of ``body`` under the shared secret."""
         return self.sender.sign(body)

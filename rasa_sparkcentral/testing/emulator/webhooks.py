@@ -1,8 +1,16 @@
 """The emulator's webhook sender: signed events POSTed to the bot, answers applied.
 
-Sparkcentral's side of the webhook: it builds the envelope, signs the exact bytes, sends one
-or several copies (to one URL or spread over several) and hands a non-empty answer to the
-state machine. Everything sent is kept in ``webhook_deliveries``.
+Sparkcentral's side of the webhook: it builds the envelope, signs the exact bytes (with the
+platform's signature header), sends one or several copies (to one URL or spread over several)
+and hands a non-empty answer to the state machine. Every answer is kept in
+``webhook_deliveries``.
+
+The published rule: a delivery not answered 200 within ``webhook_timeout``, or answered with
+an error, is sent again ``webhook_retries`` times with the same bytes (same idempotencyKey),
+waiting ``webhook_retry_backoff_max / 2**(retries - n)`` before retry n (0.5, 1, 2 s by
+default); when every try failed the conversation goes to the New queue. A bot that cannot be
+reached at all (connection refused) is neither a timeout nor an answer: the error is raised
+at once and the conversation stays with the bot, so that a test sees the broken setup.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import aiohttp
 
-from rasa_sparkcentral.protocol import SIGNATURE_HEADER
 from rasa_sparkcentral.signature import sign
 
 from .contact import build_envelope, encode_envelope
@@ -34,9 +41,21 @@ class WebhookSender:
         self.bus = bus
         self.webhook_deliveries: List[WebhookResult] = []
         self._session: Optional[aiohttp.ClientSession] = None
+        self._sent = 0
 
     def reset(self) -> None:
         self.webhook_deliveries.clear()
+        self._sent = 0
+
+    @property
+    def signature_header(self) -> str:
+        return self.settings.api.signature_header
+
+    def retry_delays(self) -> List[float]:
+        """Waits before each retry: exponential, the last one ``webhook_retry_backoff_max``."""
+        retries = self.settings.webhook_retries
+        top = self.settings.webhook_retry_backoff_max
+        return [top / 2 ** (retries - n) for n in range(1, retries + 1)]
 
     async def close(self) -> None:
         """Close the HTTP client session (opened again on the next delivery)."""
@@ -84,7 +103,10 @@ class WebhookSender:
         cid = conversation_id if isinstance(conversation_id, str) else None
         if raw_body is None:
             envelope = build_envelope(event_type, payload, idempotency_key=idempotency_key)
-            body = encode_envelope(envelope)
+            # pretty_json: every other webhook (the first included) as indented JSON
+            pretty = self.settings.pretty_json and self._sent % 2 == 0
+            self._sent += 1
+            body = encode_envelope(envelope, pretty=pretty)
             key: Optional[str] = str(envelope["idempotencyKey"])
             self.machine.before_delivery(event_type, payload)
         else:
@@ -95,9 +117,9 @@ class WebhookSender:
             "User-Agent": "Sparkcentral-Emulator (rasa_sparkcentral)",
         }
         if signature is not None:
-            send_headers[SIGNATURE_HEADER] = signature
+            send_headers[self.signature_header] = signature
         elif sign:
-            send_headers[SIGNATURE_HEADER] = self.sign(body)
+            send_headers[self.signature_header] = self.sign(body)
         if headers:
             send_headers.update(headers)
         targets = list(urls) if urls else [url or self.settings.webhook_url]
@@ -106,9 +128,17 @@ class WebhookSender:
             target = targets[copy % len(targets)]
             return await self._post_webhook(target, body, send_headers, key, event_type, cid)
 
+        # A delivery crafted by a test (own body, signature, copies) is sent as asked;
+        # the emulator's own events follow the platform's retry rule.
+        retried = raw_body is None and signature is None and sign and copies == 1
+        if retried:
+            result = await self._with_retries(targets[0], body, send_headers, key, event_type, cid)
+            result.results = [result]
+            return result
         if copies == 1:
             result = await one(0)
             result.results = [result]
+            result.attempts = [_attempt(result.status, result.elapsed, None)]
             return result
         if concurrent:
             results = list(await asyncio.gather(*(one(i) for i in range(copies))))
@@ -118,8 +148,47 @@ class WebhookSender:
         first.results = results
         return first
 
+    async def _with_retries(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        key: Optional[str],
+        event_type: str,
+        cid: Optional[str],
+    ) -> WebhookResult:
+        attempts: List[JSONDict] = []
+        delays = self.retry_delays()
+        for tried in range(len(delays) + 1):
+            if tried:
+                await asyncio.sleep(delays[tried - 1])
+            started = time.perf_counter()
+            try:
+                result = await self._post_webhook(url, body, headers, key, event_type, cid)
+            except asyncio.TimeoutError:
+                elapsed = time.perf_counter() - started
+                error = f"no answer within {self.settings.webhook_timeout:g}s"
+                result = WebhookResult(
+                    status=0,
+                    json=None,
+                    text="",
+                    elapsed=elapsed,
+                    idempotency_key=key,
+                    event_type=event_type,
+                    conversation_id=cid,
+                    body=body,
+                    error=error,
+                )
+            attempts.append(_attempt(result.status, result.elapsed, result.error))
+            if result.status == 200:
+                result.attempts = attempts
+                return result
+        result.attempts = attempts
+        self.machine.webhook_failed(cid, len(attempts))
+        return result
+
     def sign(self, body: bytes) -> str:
-        """The X-Sparkcentral-Signature of ``body`` under the shared secret."""
+        """The signature header value of ``body`` under the shared secret."""
         return sign(self.settings.shared_key, body)
 
     def _client(self) -> aiohttp.ClientSession:
@@ -178,3 +247,7 @@ class WebhookSender:
             )
         )
         return result
+
+
+def _attempt(status: int, elapsed: float, error: Optional[str]) -> JSONDict:
+    return {"status": status, "elapsed": elapsed, "error": error}
