@@ -6,6 +6,7 @@ bot learns about each message, and a conversation handed back after its session 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import re
@@ -16,6 +17,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Dict, List
+from urllib.parse import parse_qs
 
 import pytest
 import pytest_asyncio
@@ -43,14 +45,30 @@ def sql_tracker_store(path: Path) -> Dict[str, Any]:
     return {"type": "SQL", "dialect": "sqlite", "db": str(path)}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def published(start_bot: BotStarter, tmp_path_factory: pytest.TempPathFactory) -> RasaHandle:
-    """The example bot with the published defaults: nothing after CONVERSATION_STARTED,
-    greet after CONVERSATION_DELEGATED, max_event_age 300 s."""
+#: What each platform's token request must be (besides HTTP Basic auth).
+TOKEN_FORMS = {
+    "sparkcentral": {"grant_type": ["client_credentials"], "scope": ["client-read"]},
+    "hootsuite": {"grant_type": ["organization_app"], "organization_id": ["org-4711"]},
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["sparkcentral", "hootsuite"])
+async def published(
+    request: pytest.FixtureRequest,
+    start_bot: BotStarter,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> RasaHandle:
+    """The example bot with the published defaults (nothing after CONVERSATION_STARTED,
+    greet after CONVERSATION_DELEGATED, max_event_age 300 s) on each platform, talking to
+    an emulator of that platform."""
+    platform = str(request.param)
+    emulator = await start_bot.new_emulator(platform=platform, organization_id="org-4711")
+    settings: Dict[str, Any] = {"platform": platform, "conversation_started_intent": None}
+    if platform == "hootsuite":
+        settings["organization_id"] = "org-4711"
+    store = sql_tracker_store(tmp_path_factory.mktemp(platform) / "trackers.db")
     return await start_bot(
-        name="rasa-published",
-        conversation_started_intent=None,
-        tracker_store=sql_tracker_store(tmp_path_factory.mktemp("published") / "trackers.db"),
+        emulator=emulator, name=f"rasa-published-{platform}", tracker_store=store, **settings
     )
 
 
@@ -65,6 +83,41 @@ def _stale_body(cid: str, text: str, minutes: float) -> bytes:
             "data": {"conversationId": cid, "message": {"messageId": "m-old", "text": text}},
         }
     ).encode()
+
+
+# ----------------------------------------------------------------------------- platforms
+
+
+async def test_a_conversation_on_each_platform(published: RasaHandle) -> None:
+    """Webhooks signed with the platform's header, the platform's token request, replies
+    on the platform's paths."""
+    emu = published.emulator
+    platform = emu.platform
+    assert (
+        emu.signature_header
+        == {
+            "sparkcentral": "X-Sparkcentral-Signature",
+            "hootsuite": "X-Hootsuite-Signature",
+        }[platform]
+    )
+    cid = (await emu.start_conversation(name="Ann")).conversation_id
+    assert await say_and_wait(emu, cid, "what are your opening hours?") == [HOURS]
+    assert await say_and_wait(emu, cid, "bye") == [response_text("utter_goodbye")]
+
+    token_calls = emu.calls_to(emu.token_path, "POST")
+    assert token_calls and all(c.status == 200 for c in token_calls)
+    for call in token_calls:
+        assert parse_qs(call.body.decode(), strict_parsing=True) == TOKEN_FORMS[platform]
+        basic = base64.b64encode(f"{emu.client_id}:{emu.client_secret}".encode()).decode()
+        assert call.header("Authorization") == f"Basic {basic}"
+    replies = emu.calls_to(f"{emu.api_prefix}/virtual-agent/conversations/{cid}", "POST")
+    assert [c.json for c in replies] == [
+        {"sendMessage": {"text": HOURS}},
+        {"sendMessage": {"text": response_text("utter_goodbye")}},
+    ]
+    assert all(c.status == 200 for c in replies)
+    if emu.api_prefix:  # nothing went to the classic paths
+        assert emu.calls_to("/virtual-agent/") == []
 
 
 # ----------------------------------------------------------------------------- assignment
@@ -130,20 +183,16 @@ async def test_max_event_age_zero_accepts_an_event_ten_minutes_old(
 
 async def test_a_quick_reply_payload_reaches_rasa_as_that_intent(published: RasaHandle) -> None:
     emu = published.emulator
-    cid = (await emu.start_conversation(language="nl")).conversation_id
-    before = len(emu.bot_texts(cid))
-    message = {"messageId": "msg-42", "text": "Pro", "payload": "/plan_pro"}
-    data: Dict[str, Any] = {
-        "conversationId": cid,
-        "message": message,
-        "conversationTopics": ["sales", "vip"],
-        "trigger": {"type": "STORY", "action": "REPLY"},
-        "language": "nl-BE",
-    }
-    result = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data)
-    assert result.status == 200
-    texts = await emu.wait_for_bot_messages(cid, before + 1)
-    assert texts[before:] == [response_text("utter_plan_pro")]
+    cid = (await emu.start_conversation(language="nl-BE")).conversation_id
+    result = await emu.contact_says(
+        cid,
+        "Pro",
+        payload="/plan_pro",
+        topics=["sales", "vip"],
+        trigger={"type": "STORY", "action": "REPLY"},
+    )
+    assert result.status == 200 and result.message_id
+    assert await emu.wait_for_bot_messages(cid, 1) == [response_text("utter_plan_pro")]
 
     tracker = await get_tracker(published.url, cid)
     latest = tracker["latest_message"]
@@ -151,10 +200,11 @@ async def test_a_quick_reply_payload_reaches_rasa_as_that_intent(published: Rasa
     assert latest["intent"]["name"] == "plan_pro"
     assert latest["message_id"] == result.idempotency_key
     block = latest["metadata"]["sparkcentral"]
-    assert block["messageId"] == "msg-42"
+    assert block["messageId"] == result.message_id
     assert block["payload"] == "/plan_pro"
     assert block["topics"] == ["sales", "vip"]
     assert block["trigger"] == {"type": "STORY", "action": "REPLY"}
+    # Inbox 2.0 repeats the language with the message; classic sent it on assignment
     assert block["language"] == "nl-BE"
     assert block["conversationId"] == cid and block["channelId"]
 
@@ -173,8 +223,11 @@ async def test_an_inbound_event_that_repeats_the_details_refreshes_them(
     }
     assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, data)).status == 200
     assert await emu.wait_for_bot_messages(cid, 1) == [HOURS]
-    # the next message repeats nothing: the refreshed details are the ones kept
-    assert await say_and_wait(emu, cid, "what are your opening hours?") == [HOURS]
+    # the next message repeats nothing (as on classic Sparkcentral): the refreshed
+    # details are the ones kept
+    plain = {"conversationId": cid, "message": {"messageId": "msg-2", "text": "thanks"}}
+    assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, plain)).status == 200
+    assert await emu.wait_for_bot_messages(cid, 2) == [HOURS, response_text("utter_thanks")]
     tracker = await get_tracker(published.url, cid)
     block = tracker["latest_message"]["metadata"]["sparkcentral"]
     assert (block["channelId"], block["channelName"], block["medium"]) == (
@@ -183,7 +236,7 @@ async def test_an_inbound_event_that_repeats_the_details_refreshes_them(
         "instagram",
     )
     assert block["contactProfile"]["primaryIdentifier"] == "ann.b"
-    assert block["messageId"] is None
+    assert block["messageId"] == "msg-2"
 
 
 # ----------------------------------------------------------------------------- sessions
