@@ -193,6 +193,8 @@ async def test_a_quick_reply_payload_reaches_rasa_as_that_intent(published: Rasa
     )
     assert result.status == 200 and result.message_id
     assert await emu.wait_for_bot_messages(cid, 1) == [response_text("utter_plan_pro")]
+    # the turn goes on after the reply (the plan rule's attribute action): let it end
+    await settle(emu, cid, quiet=1.0)
 
     tracker = await get_tracker(published.url, cid)
     latest = tracker["latest_message"]

@@ -161,6 +161,7 @@ async def test_inbox2_message_fields_fill_the_slots(inbox2: RasaHandle) -> None:
     )
     assert result.status == 200
     await emu.wait_for_bot_messages(cid, before + 1)
+    await settle(emu, cid, quiet=1.0)  # the tracker is saved after the reply
     slots = (await get_tracker(inbox2.url, cid))["slots"]
     assert slots["sparkcentral_language"] == "nl-BE"
     assert slots["sparkcentral_topics"] == ["billing", "vip"]
@@ -169,6 +170,7 @@ async def test_inbox2_message_fields_fill_the_slots(inbox2: RasaHandle) -> None:
 
     # the next message is private: no trigger
     await say_and_wait(emu, cid, "how long does shipping take?")
+    await settle(emu, cid, quiet=1.0)
     slots = (await get_tracker(inbox2.url, cid))["slots"]
     assert slots["sparkcentral_trigger"] is None
 
