@@ -21,11 +21,18 @@ from sanic.response import HTTPResponse
 
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import ConfigError, Settings
-from rasa_sparkcentral.inbound import Inbound, channel_details, shown_buttons
+from rasa_sparkcentral.inbound import (
+    Inbound,
+    channel_details,
+    message_metadata,
+    session_is_live,
+    shown_buttons,
+)
 from rasa_sparkcentral.ordering import Ordering, make_tickets
 from rasa_sparkcentral.output import RestSink, SparkcentralOutput
-from rasa_sparkcentral.protocol import CHANNEL_NAME, METADATA_KEY, SIGNATURE_HEADER, Event
+from rasa_sparkcentral.protocol import CHANNEL_NAME, Event
 from rasa_sparkcentral.screening import screen
+from rasa_sparkcentral.signature import signature_of
 from rasa_sparkcentral.state import ChannelState, make_state
 from rasa_sparkcentral.webhook_answer import WebhookAnswer
 from rasa_sparkcentral.webhook_thread import WebhookThread
@@ -149,7 +156,7 @@ class SparkcentralInput(InputChannel):
 
     async def handle_webhook(self, request: Request, on_new_message: OnNewMessage) -> HTTPResponse:
         screened = screen(
-            self.settings, request.body or b"", request.headers.get(SIGNATURE_HEADER), request.ip
+            self.settings, request.body or b"", signature_of(request.headers), request.ip
         )
         if screened.event is None:
             return response.json(screened.answer, status=screened.status)
@@ -169,6 +176,9 @@ class SparkcentralInput(InputChannel):
             WebhookAnswer(rest, self.settings) if self.settings.reply_mode == "webhook" else None
         )
         output = SparkcentralOutput(self.client, self.state, self.settings, answer or rest)
+        # The contact's message this turn answers: REST applyTags name it. (setattr until
+        # output.py declares the attribute.)
+        setattr(output, "inbound_message_id", event.message_id)  # noqa: B010
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Once the delivery is claimed its turn must be queued, even if the request is
         # cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
@@ -199,7 +209,7 @@ class SparkcentralInput(InputChannel):
             )
             return None
         details, known = await channel_details(self.state, event)
-        metadata = {METADATA_KEY: details.to_dict()}
+        metadata = message_metadata(details, event)
 
         async def turn() -> None:
             try:
@@ -209,6 +219,7 @@ class SparkcentralInput(InputChannel):
                     output=output,
                     shown=shown_buttons(self.state, agent, conversation_id, known),
                     parse=getattr(agent, "parse_message", None),
+                    session_is_live=session_is_live(agent, conversation_id),
                 )
                 for body in planned.actions:
                     await output.deliver(conversation_id, body)

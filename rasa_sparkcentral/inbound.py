@@ -1,15 +1,20 @@
 """What one webhook event becomes for Rasa: the ``UserMessage``s to handle and the
 conversation actions to apply before them (``Turn``), as data.
 
-An assignment event opens a fresh session (``/restart``, then the start intent); a
-contact's message is its text, or the payload of the button it picks, with the NLU result
-attached when intents become topics. The buttons shown and the NLU are passed in as small
-async functions, so the rules here need neither the channel's state nor a Rasa agent.
+An assignment event opens a fresh session (``/restart`` where Rasa would go on with the
+current one), then sends the intent set for it: none after CONVERSATION_STARTED (the
+contact's messages follow from the beginning of the conversation), ``greet`` after
+CONVERSATION_DELEGATED (the bot is expected to ask the first question). A contact's message
+is the payload of the quick reply or postback button pressed, or its text (or the payload
+of the listed button it names), with the NLU result attached when intents become topics.
+The buttons shown, the NLU and whether a session is live are passed in as small async
+functions, so the rules here need neither the channel's state nor a Rasa agent.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
@@ -18,7 +23,14 @@ from rasa.shared.core.events import BotUttered, UserUttered
 
 from rasa_sparkcentral import buttons as button_list
 from rasa_sparkcentral.config import Settings
-from rasa_sparkcentral.protocol import ASSIGNMENT_EVENTS, CHANNEL_NAME, ChannelDetails, Event
+from rasa_sparkcentral.protocol import (
+    ASSIGNMENT_EVENTS,
+    CHANNEL_NAME,
+    CONVERSATION_DELEGATED,
+    METADATA_KEY,
+    ChannelDetails,
+    Event,
+)
 from rasa_sparkcentral.state import ChannelState
 
 logger = logging.getLogger(__name__)
@@ -30,6 +42,8 @@ Buttons = List[Dict[str, str]]
 ShownButtons = Callable[[], Awaitable[Optional[Buttons]]]
 #: Rasa's NLU: text → parse data (``Agent.parse_message``).
 Parse = Callable[[str], Awaitable[Dict[str, Any]]]
+#: Whether Rasa would go on with the conversation's current session (see ``live_session``).
+SessionIsLive = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -55,10 +69,12 @@ class Inbound:
         output: OutputChannel,
         shown: ShownButtons,
         parse: Optional[Parse] = None,
+        session_is_live: Optional[SessionIsLive] = None,
     ) -> Turn:
         """The turn of ``event`` (built when its turn comes, so that the buttons shown by
-        the previous turn are known). ``metadata`` rides on every message; the bot's
-        replies go to ``output``."""
+        the previous turn are known and the tracker is up to date). ``metadata`` rides on
+        every message; the bot's replies go to ``output``. Without ``session_is_live`` an
+        assignment always restarts."""
         key = event.idempotency_key
 
         def message(
@@ -76,13 +92,30 @@ class Inbound:
 
         if event.type in ASSIGNMENT_EVENTS:
             # The conversation is (again) the bot's: a fresh session with fresh details.
-            # /restart also lifts the pause left by an earlier handoff.
-            messages = [message(RESTART_TEXT, ":restart")]
-            if self.settings.conversation_started_intent:
-                messages.append(message(f"/{self.settings.conversation_started_intent}", ":start"))
+            # Where Rasa would go on with the current session, /restart ends it (and lifts
+            # the pause left by an earlier handoff). Where it has none, or the session has
+            # expired, Rasa opens a new one itself with the next message (a new session
+            # lifts a pause too): a /restart there is redundant on Rasa OSS 3.6 and harmful
+            # on Rasa Pro, whose action_session_start after the restart is skipped
+            # ("session_already_started"), so that no action_listen follows and the next
+            # intent matches no rule.
+            messages = []
+            if session_is_live is None or await session_is_live():
+                messages.append(message(RESTART_TEXT, ":restart"))
+            intent = self.assignment_intent(event)
+            if intent:
+                messages.append(message(f"/{intent}", ":start"))
             return Turn(messages)
 
-        text = answer_text(event.text, await shown())
+        payload = event.payload
+        if payload is not None:
+            # The payload of the quick reply or postback button the contact pressed: set
+            # by the bot's developer, so it goes to Rasa as it is (``/plan_pro`` is that
+            # intent). Kept apart from the contact's own text, which is not trusted so.
+            await shown()  # the buttons listed before are answered
+            text = payload
+        else:
+            text = answer_text(event.text, await shown())
         actions: List[Dict[str, Any]] = []
         parse_data = None
         if self.settings.intent_topics and parse is not None and text:
@@ -91,6 +124,12 @@ class Inbound:
             if topic:
                 actions.append({"applyTopics": [topic]})
         return Turn([message(text, "", parse_data)], actions)
+
+    def assignment_intent(self, event: Event) -> Optional[str]:
+        """The intent sent after an assignment event (None: the bot waits)."""
+        if event.type == CONVERSATION_DELEGATED:
+            return self.settings.conversation_delegated_intent
+        return self.settings.conversation_started_intent
 
     def topic_for(self, parse_data: Dict[str, Any]) -> Optional[str]:
         """The topic an NLU result names under ``intent_topics`` (None: no topic)."""
@@ -114,17 +153,88 @@ def answer_text(text: Optional[str], shown: Optional[Buttons]) -> str:
 
 
 async def channel_details(state: ChannelState, event: Event) -> Tuple[ChannelDetails, bool]:
-    """The conversation's channel details (saved from an assignment event, else loaded),
-    and whether the channel state knew the conversation (False after a restart without
-    Redis, say)."""
+    """The conversation's channel details (saved from an assignment event, else loaded
+    and refreshed with whatever the event repeats: Inbox 2.0 sends ``channel``,
+    ``contactProfile``, ``medium`` and ``language`` with every message), and whether the
+    channel state knew the conversation (False after a restart without Redis, say)."""
+    conversation_id = event.conversation_id
     if event.type in ASSIGNMENT_EVENTS:
         details = ChannelDetails.from_event(event)
-        await state.save_details(event.conversation_id, details.to_dict())
+        await state.save_details(conversation_id, details.to_dict())
         return details, True
-    stored = await state.load_details(event.conversation_id)
-    if stored:
-        return ChannelDetails.from_dict(stored), True
-    return ChannelDetails(conversation_id=event.conversation_id), False
+    stored = await state.load_details(conversation_id)
+    known = bool(stored)
+    before = ChannelDetails.from_dict(stored) if stored else ChannelDetails(conversation_id)
+    details = before.refreshed(event)
+    if details != before:
+        await state.save_details(conversation_id, details.to_dict())
+    return details, known
+
+
+def message_metadata(details: ChannelDetails, event: Event) -> Dict[str, Any]:
+    """``UserMessage.metadata`` for the messages of ``event``: the channel details, and
+    what the event says about the contact's message (None or empty where it says nothing):
+    ``messageId``, ``payload`` (of the quick reply or postback button pressed),
+    ``topics`` (``conversationTopics``), ``trigger`` (``{type, action}``: the post, reel
+    or story the message answers) and ``language``."""
+    block = details.to_dict()
+    block.update(
+        messageId=event.message_id,
+        payload=event.payload,
+        topics=event.topics,
+        trigger=event.trigger,
+        language=event.language or details.language,
+    )
+    return {METADATA_KEY: block}
+
+
+def session_is_live(agent: Any, conversation_id: str) -> SessionIsLive:
+    """Whether Rasa would go on with the conversation's current session, read from the
+    agent's tracker store when the turn comes. When it cannot tell (no tracker store, or
+    it fails), it answers True: a /restart then makes sure the session is fresh."""
+
+    async def check() -> bool:
+        tracker_store = getattr(agent, "tracker_store", None)
+        if tracker_store is None:
+            return True
+        try:
+            tracker = await tracker_store.retrieve(conversation_id)
+        except Exception:
+            logger.warning(
+                "Conversation %s: could not read the tracker to see whether its session "
+                "goes on; restarting it",
+                conversation_id,
+                exc_info=True,
+            )
+            return True
+        return live_session(tracker, getattr(agent, "domain", None), time.time())
+
+    return check
+
+
+def live_session(tracker: Any, domain: Any, now: float) -> bool:
+    """Whether Rasa would go on with ``tracker``'s current session for the next message
+    (so that only a /restart makes it fresh) rather than start a new one itself.
+
+    Rasa opens a new session before the next message when the tracker is new or empty
+    since its last restart, or when the session has expired: Rasa OSS 3.6 compares the
+    time since the last user message with ``session_expiration_time`` (minutes; 0: never
+    expires) when the message arrives; Rasa Pro >= 3.16 runs a session timer that marks
+    the tracker ``inactive`` (a ``ConversationInactive`` event), and the next user message
+    starts a new session unless ``start_session_after_expiry`` is false.
+    """
+    if tracker is None or not tracker.applied_events():
+        return False
+    session_config = getattr(domain, "session_config", None)
+    if getattr(tracker, "inactive", False):
+        return getattr(session_config, "start_session_after_expiry", True) is False
+    minutes = float(getattr(session_config, "session_expiration_time", 0) or 0)
+    if minutes <= 0:
+        return True
+    last_message = tracker.get_last_event_for(UserUttered)
+    if last_message is None:
+        return True
+    return (now - float(last_message.timestamp)) / 60 <= minutes
 
 
 def shown_buttons(

@@ -68,6 +68,13 @@ class WebhookAnswer:
             can_use_rest=self._rest.client is not None,
             allow_successor_fields=self._settings.allow_successor_fields,
         )
+        if answer.get("applyTags") and self._rest.inbound_message_id is None:
+            # tag names in an answer tag the message it answers: an assignment event has none
+            logger.warning(
+                "Conversation %s: tags %s dropped: this webhook answers no contact message",
+                conversation_id,
+                ", ".join(repr(t) for t in answer.pop("applyTags")),
+            )
         self.close(rest)
         return answer
 
@@ -95,11 +102,21 @@ def merge_answer(
     conversation is not handed over before they arrive. Without API keys everything
     must fit in the answer: later texts are joined to the first (or listed in
     ``sendMessages`` where the successor fields are allowed).
+
+    The successor fields merge in order: tag names (which in an answer tag the contact's
+    latest message) and notes are listed once each, contact attributes are combined
+    (a later value wins), the last ``indicateTyping`` counts. A tag that names its message
+    (``{"messageId", "tag"}``) only exists over REST, so it goes there (before the
+    completion); without API keys it is dropped with a warning.
     """
     messages: List[Dict[str, Any]] = []
     topics: List[str] = []
+    tag_names: List[str] = []
+    message_tags: List[Dict[str, Any]] = []
+    notes: List[Dict[str, Any]] = []
+    attributes: Dict[str, Any] = {}
+    typing: Optional[str] = None
     complete: Optional[str] = None
-    extra: Dict[str, Any] = {}
     for body in bodies:
         if body.get("sendMessage"):
             messages.append(dict(body["sendMessage"]))
@@ -109,15 +126,41 @@ def merge_answer(
         for topic in body.get("applyTopics") or []:
             if topic not in topics:
                 topics.append(topic)
+        for tag in body.get("applyTags") or []:
+            if isinstance(tag, str):
+                if tag not in tag_names:
+                    tag_names.append(tag)
+            elif tag not in message_tags:
+                message_tags.append(dict(tag))
+        for note in body.get("applyConversationNotes") or []:
+            if note not in notes:
+                notes.append(dict(note))
+        attributes.update(body.get("setContactAttributes") or {})
+        if body.get("indicateTyping"):
+            typing = body["indicateTyping"]
         if body.get("complete"):
             complete = body["complete"]
-        for key in ("setContactAttributes", "indicateTyping"):
-            if key in body:
-                extra[key] = body[key]
 
-    answer: Dict[str, Any] = dict(extra)
+    answer: Dict[str, Any] = {}
     if topics:
         answer["applyTopics"] = topics
+    if tag_names:
+        answer["applyTags"] = tag_names
+    if notes:
+        answer["applyConversationNotes"] = notes
+    if attributes:
+        answer["setContactAttributes"] = attributes
+    if typing:
+        answer["indicateTyping"] = typing
+    if message_tags and not can_use_rest:
+        logger.warning(
+            "Tags %s name their messages, which only the REST API takes, and no API keys "
+            "are configured: dropped (tag names, which tag the latest message, fit in the "
+            "webhook answer)",
+            ", ".join(repr(t.get("tag")) for t in message_tags),
+        )
+        message_tags = []
+
     rest: List[Dict[str, Any]] = []
     if len(messages) <= 1 or not can_use_rest:
         if messages:
@@ -125,15 +168,21 @@ def merge_answer(
                 answer["sendMessages"] = messages
             else:
                 answer["sendMessage"] = _join(messages)
-        if complete:
-            answer["complete"] = complete
-        return answer, rest
-
-    answer["sendMessage"] = messages[0]
-    rest = [{"sendMessage": m} for m in messages[1:]]
+    else:
+        answer["sendMessage"] = messages[0]
+        rest = [{"sendMessage": m} for m in messages[1:]]
+    if message_tags:
+        rest.append({"applyTags": message_tags})
     if complete:
-        rest[-1]["complete"] = complete
-    return answer, rest
+        if rest:
+            rest[-1]["complete"] = complete
+        else:
+            answer["complete"] = complete
+    # the fields in the order the classic answer lists them
+    firsts: Tuple[str, ...] = ("sendMessage", "sendMessages")
+    ordered: Dict[str, Any] = {k: answer[k] for k in firsts if k in answer}
+    ordered.update({k: v for k, v in answer.items() if k not in ordered})
+    return ordered, rest
 
 
 def _join(messages: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -19,11 +19,11 @@ from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.protocol import (
     CHANNEL_NAME,
     HEALTH_PATH,
-    SIGNATURE_HEADER,
     WEBHOOK_PATH,
     Event,
 )
 from rasa_sparkcentral.screening import screen
+from rasa_sparkcentral.signature import signature_of
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ class WebhookThread:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "request body too large"}, status=413)
-        screened = screen(
-            self._settings, body, request.headers.get(SIGNATURE_HEADER), request.remote
-        )
+        screened = screen(self._settings, body, signature_of(request.headers), request.remote)
         if screened.event is not None:
             self._hand_off(screened.event)
         return web.json_response(screened.answer, status=screened.status)

@@ -16,6 +16,7 @@ from rasa_sparkcentral.protocol import CREDENTIALS_KEY, HEALTH_PATH, SIGNATURE_H
 from rasa_sparkcentral.signature import sign_with_secret
 from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import DEFAULT_SHARED_SECRET
+from rasa_sparkcentral.testing.emulator.contact import timestamp_now
 from tests.helpers import (
     compact,
     get_tracker,
@@ -95,7 +96,7 @@ async def test_one_token_for_the_whole_run(bot: Bot) -> None:
 
 def _inbound(cid: str, text: str = "hello") -> Dict[str, Any]:
     return {
-        "timestamp": "2026-11-25T10:00:00.000000Z",
+        "timestamp": timestamp_now(),
         "idempotencyKey": str(uuid.uuid4()),
         "version": 1,
         "type": "INBOUND_MESSAGE_RECEIVED",

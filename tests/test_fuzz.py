@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from rasa_sparkcentral.protocol import SIGNATURE_HEADER, WEBHOOK_PATH
 from rasa_sparkcentral.signature import decode_secret, sign
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing.emulator.contact import timestamp_now
 from tests.helpers import get_tracker, user_texts
 from tests.support import BotStarter, RasaHandle
 
@@ -161,7 +162,7 @@ def valid_events(draw: st.DrawFn) -> bytes:
     else:
         data["contactProfile"] = {"id": "0-1", "primaryIdentifier": draw(st.text(max_size=10))}
     envelope = {
-        "timestamp": "2026-11-25T10:00:00.000000Z",
+        "timestamp": timestamp_now(),
         "idempotencyKey": str(draw(st.uuids())),
         "version": 1,
         "type": kind,
