@@ -120,12 +120,12 @@ class SparkcentralInput(InputChannel):
             return await self.handle_webhook(request, on_new_message)
 
         @webhook.listener("before_server_start")
-        async def start_webhook_thread(app: Any, loop: Any) -> None:
+        async def start_webhook_thread(app: Any, loop: Any = None) -> None:
             if self.settings.webhook_port:
                 self._start_webhook_thread(app, on_new_message)
 
         @webhook.listener("after_server_stop")
-        async def close(app: Any, loop: Any) -> None:
+        async def close(app: Any, loop: Any = None) -> None:
             if self._thread is not None:
                 self._thread.stop()
             await self.aclose()

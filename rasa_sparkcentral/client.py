@@ -118,6 +118,7 @@ class SparkcentralClient:
         settings = self._settings
         if not settings.client_id or not settings.client_secret:
             raise AuthError("no API keys configured (client_id / client_secret)")
+        authorization = basic_authorization(settings.client_id, settings.client_secret)
         session = self._get_session()
         self.stats.token_requests += 1
         self.stats.requests += 1
@@ -128,13 +129,7 @@ class SparkcentralClient:
             async with session.post(
                 settings.base_url + settings.api.token_path,
                 data=grant,
-                headers={
-                    "Accept": "application/json",
-                    # built here: aiohttp 3.14 deprecates BasicAuth and ``auth=``
-                    "Authorization": basic_authorization(
-                        settings.client_id, settings.client_secret
-                    ),
-                },
+                headers={"Accept": "application/json", "Authorization": authorization},
             ) as response:
                 if response.status in (400, 401, 403):
                     raise AuthError(
@@ -343,10 +338,17 @@ class _TokenRejected(Exception):
     pass
 
 
-def basic_authorization(user: str, password: str) -> str:
-    """The value of an HTTP Basic ``Authorization`` header (RFC 7617, UTF-8)."""
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The ``Authorization`` header value for HTTP Basic (RFC 7617, UTF-8).
+
+    Built here because aiohttp 3.14 deprecates ``BasicAuth`` and the ``auth`` parameter,
+    while aiohttp 3.8/3.9 (Rasa 3.6) have no ``encode_basic_auth`` helper to replace them.
+    """
+    if ":" in client_id:
+        # the colon separates the two halves: such an id could never be read back
+        raise AuthError("client_id must not contain ':'")
+    credentials = f"{client_id}:{client_secret}".encode()
+    return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
 def _retry_after(headers: Mapping[str, str]) -> Optional[float]:

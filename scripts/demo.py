@@ -9,6 +9,9 @@ Sparkcentral signs it; every reply goes through the emulated REST API.
 Prints the transcript as Sparkcentral recorded it, the conversation's final queue and the
 number of OAuth2 token requests. Exits 1 when a reply is missing or wrong. Stops every
 process it started, also on Ctrl-C and on errors.
+
+The emulator's web inbox can be watched while it runs (its URL is printed); with
+``--keep-open`` (``make demo-ui``) everything stays up after the script until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ SCRIPT: list[tuple[Optional[str], list[str]]] = [
 ]
 
 
+KEEP_OPEN = "--keep-open" in sys.argv[1:]
+
+
 class DemoFailed(Exception):
     pass
 
@@ -111,6 +117,7 @@ async def run(log_dir: Path) -> int:
     try:
         async with SparkcentralEmulator() as emu:
             say(f"Sparkcentral emulator: {emu.base_url}")
+            say(f"web inbox: {emu.base_url}/_emulator/ui")
             say("starting the action server and rasa run (about 10-20 s)...")
             started = time.monotonic()
             async with bot_stack(
@@ -149,6 +156,9 @@ async def converse(stack: BotStack, log_dir: Path) -> int:
     say(f"final queue: {conversation.queue}")
     say(f"OAuth2 token requests: {emu.token_requests}")
     say(f"logs: {log_dir}")
+    if KEEP_OPEN:
+        say(f"\nthe stack stays up: open {emu.base_url}/_emulator/ui (Ctrl-C to stop)")
+        await asyncio.Event().wait()
     return 0
 
 
@@ -162,7 +172,7 @@ async def main() -> int:
         return await task
     except asyncio.CancelledError:
         say("\ndemo interrupted; every process it started is stopped")
-        return 130
+        return 0 if KEEP_OPEN else 130
 
 
 if __name__ == "__main__":

@@ -57,6 +57,16 @@ def _call(
     }
 
 
+async def run_action(executor: ActionExecutor, call: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """``executor.run`` as a dict: rasa-sdk < 3.11 returns one, newer rasa-sdk (the Rasa Pro
+    line) a pydantic ``ActionExecutorRunResult`` with the same fields."""
+    result = await executor.run(call)
+    if result is None or isinstance(result, dict):
+        return result
+    dumped: Dict[str, Any] = result.model_dump(by_alias=True)
+    return dumped
+
+
 @pytest.fixture(scope="module")
 def executor() -> ActionExecutor:
     ex = ActionExecutor()
@@ -75,7 +85,7 @@ def test_only_concrete_actions_are_registered(executor: ActionExecutor) -> None:
 
 async def test_handoff_says_goodbye_then_hands_over_and_pauses(executor: ActionExecutor) -> None:
     domain = {"responses": {"utter_handoff": [{"text": "bye"}]}, "slots": {}}
-    result = await executor.run(_call("action_handoff_to_sparkcentral", domain=domain))
+    result = await run_action(executor, _call("action_handoff_to_sparkcentral", domain=domain))
     assert result is not None
     assert [r.get("response") for r in result["responses"]] == ["utter_handoff", None]
     assert result["responses"][1]["custom"] == {"complete": "HANDOVER"}
@@ -90,7 +100,7 @@ async def test_handoff_without_response_and_with_topic_slot(executor: ActionExec
         domain=domain,
         slots={"sparkcentral_handoff_topics": ["billing", " vip "]},
     )
-    result = await executor.run(call)
+    result = await run_action(executor, call)
     assert result is not None
     assert [r["custom"] for r in result["responses"]] == [
         {"complete": "HANDOVER", "applyTopics": ["billing", "vip"]}
@@ -99,7 +109,7 @@ async def test_handoff_without_response_and_with_topic_slot(executor: ActionExec
 
 async def test_topics_from_environment(executor: ActionExecutor, monkeypatch) -> None:
     monkeypatch.setenv("SPARKCENTRAL_HANDOFF_TOPICS", "escalation, chatbot")
-    result = await executor.run(_call("action_resolve_conversation"))
+    result = await run_action(executor, _call("action_resolve_conversation"))
     assert result is not None
     assert result["responses"][-1]["custom"] == {
         "complete": "RESOLVED",
@@ -108,12 +118,13 @@ async def test_topics_from_environment(executor: ActionExecutor, monkeypatch) ->
 
 
 async def test_channel_details_fill_declared_slots(executor: ActionExecutor) -> None:
-    result = await executor.run(
+    result = await run_action(
+        executor,
         _call(
             "action_sparkcentral_channel_details",
             metadata={METADATA_KEY: DETAILS},
             domain={"slots": ALL_SLOTS},
-        )
+        ),
     )
     assert result is not None
     slots = {e["name"]: e["value"] for e in result["events"]}
@@ -132,7 +143,7 @@ async def test_channel_details_skip_undeclared_and_unchanged(executor: ActionExe
         domain=domain,
         slots={"sparkcentral_vip": True},
     )
-    result = await executor.run(call)
+    result = await run_action(executor, call)
     assert result is not None
     assert result["events"] == [
         {"event": "slot", "timestamp": None, "name": "sparkcentral_medium", "value": "twit"}
@@ -149,5 +160,5 @@ async def test_channel_details_without_profile_keep_slots(
     call = _call(
         "action_sparkcentral_channel_details", metadata=metadata, domain={"slots": ALL_SLOTS}
     )
-    result = await executor.run(call)
+    result = await run_action(executor, call)
     assert result is not None and result["events"] == []

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from rasa_sparkcentral.protocol import WEBHOOK_PATH
+from rasa_sparkcentral.protocol import HEALTH_PATH, WEBHOOK_PATH
 from rasa_sparkcentral.signature import (
     SIGNATURE_HEADER,
     decode_secret,
@@ -75,12 +75,13 @@ class Receiver:
         self.runner: Optional[web.AppRunner] = None
         self.url = ""
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_post(WEBHOOK_PATH, self.handle)
+        app.router.add_get(HEALTH_PATH, self.health)  # as the channel's health check
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
         port = self.runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
@@ -89,6 +90,9 @@ class Receiver:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -994,6 +998,8 @@ async def test_cli_chat_quit_and_unreachable_bot() -> None:
         "0",
         "--webhook-url",
         f"http://127.0.0.1:{free_port()}/webhook",
+        "--wait-for-bot",
+        "1",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -1005,6 +1011,154 @@ async def test_cli_chat_quit_and_unreachable_bot() -> None:
     assert proc.returncode == 0, text
     assert "could not reach the bot" in text
     assert text.rstrip().endswith("bye")
+
+
+def chat_process_args(port: int, webhook_url: str, *extra: str) -> List[str]:
+    return [
+        sys.executable,
+        "-m",
+        "rasa_sparkcentral.testing.emulator",
+        "chat",
+        "--port",
+        str(port),
+        "--webhook-url",
+        webhook_url,
+        *extra,
+    ]
+
+
+async def test_cli_chat_waits_for_the_bot_before_the_first_conversation() -> None:
+    bot_port = free_port()
+    bot = Receiver()
+
+    async def greet(envelope: Dict[str, Any]) -> Answer:
+        profile = envelope["data"]["contactProfile"]
+        vip = " (VIP)" if profile["vip"] else ""
+        return {"sendMessage": {"text": f"Welcome {profile['primaryIdentifier']}{vip}"}}
+
+    bot.responder = greet
+    proc = await asyncio.create_subprocess_exec(
+        *chat_process_args(
+            0,
+            f"http://127.0.0.1:{bot_port}{WEBHOOK_PATH}",
+            "--name",
+            "Ann",
+            "--vip",
+            "--wait-for-bot",
+            "60",
+        ),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=str(REPO_ROOT),
+        env=cli_env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    seen: List[str] = []
+    try:
+        await read_until(
+            proc.stdout, f"waiting for the bot at http://127.0.0.1:{bot_port}{HEALTH_PATH}", seen
+        )
+        await bot.start(bot_port)  # `rasa run` comes up after the chat started
+        await read_until(proc.stdout, "the bot is up", seen)
+        await read_until(proc.stdout, "bot: Welcome Ann (VIP)", seen)
+        proc.stdin.close()
+        await read_until(proc.stdout, "bye", seen)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await bot.stop()
+    starts = bot.envelopes("CONVERSATION_STARTED")
+    assert len(starts) == 1
+    assert starts[0]["data"]["contactProfile"]["primaryIdentifier"] == "Ann"
+    assert "could not reach the bot" not in "".join(seen)
+
+
+async def test_cli_chat_names_a_bot_without_the_channel() -> None:
+    app = web.Application()  # a server that runs, with no Sparkcentral channel in it
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *chat_process_args(0, f"http://127.0.0.1:{port}{WEBHOOK_PATH}", "--wait-for-bot", "1"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            env=cli_env(),
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(b"/quit\n"), 30)
+    finally:
+        await runner.cleanup()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "is not up after 1 s: it answered 404: is rasa_sparkcentral.SparkcentralInput" in text
+    assert "(webhook answered 404" in text  # then the start is tried anyway
+
+
+async def test_cli_chat_hides_a_normal_token_refresh(
+    receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    async def token(secret: str = DEFAULT_CLIENT_SECRET) -> Optional[str]:
+        async with http.post(
+            base + TOKEN_PATH,
+            auth=aiohttp.BasicAuth(DEFAULT_CLIENT_ID, secret),
+            data={"grant_type": "client_credentials"},
+        ) as r:
+            return str((await r.json())["access_token"]) if r.status == 200 else None
+
+    async def send(cid: str, text: str, bearer: Optional[str]) -> int:
+        async with http.post(
+            f"{base}/virtual-agent/conversations/{cid}",
+            json={"sendMessage": {"text": text}},
+            headers={"Authorization": f"Bearer {bearer}"},
+        ) as r:
+            return r.status
+
+    async def respond(envelope: Dict[str, Any]) -> Answer:
+        if envelope["type"] != "INBOUND_MESSAGE_RECEIVED":
+            return {}
+        cid = envelope["data"]["conversationId"]
+        text = envelope["data"]["message"]["text"]
+        if text == "refresh":  # the token expires between two replies: a normal refresh
+            first = await token()
+            assert await send(cid, "before expiry", first) == 200
+            async with http.post(f"{base}/_emulator/faults", json={"expireTokens": True}) as r:
+                assert r.status == 200
+            assert await send(cid, "never shown", first) == 401
+            assert await send(cid, "after refresh", await token()) == 200
+        else:  # refused: wrong API keys, a token Sparkcentral never issued
+            assert await token("wrong-secret") is None
+            assert await send(cid, "never shown", "made-up") == 401
+            assert await send(cid, "after refusals", await token()) == 200
+        return {}
+
+    receiver.responder = respond
+    proc = await asyncio.create_subprocess_exec(
+        *chat_process_args(port, receiver.url),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=str(REPO_ROOT),
+        env=cli_env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    out, _ = await asyncio.wait_for(proc.communicate(b"refresh\nrefused\n/quit\n"), 30)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    normal, _, refused = text.partition("bot: after refresh")
+    assert "bot: before expiry" in normal and refused, text
+    assert "401" not in normal, text
+    assert "after refusals" in refused, text
+    assert f"(POST {TOKEN_PATH} -> 401" in refused, text
+    assert "-> 401 {'error': 'invalid_token', 'message': 'unknown access token'}" in refused, text
 
 
 async def test_cli_serve(receiver: Receiver, http: aiohttp.ClientSession) -> None:

@@ -8,6 +8,9 @@
   force?}`` -> the contact writes (``messageId`` in the answer)
 - ``POST /_emulator/conversations/{id}/handback`` ``{eventType?}`` -> back to the bot
 - ``POST /_emulator/conversations/{id}/agent`` ``{text}`` -> a human agent replies
+- ``POST /_emulator/conversations/{id}/resolve`` -> a human agent resolves it
+- ``GET  /_emulator/conversations/{id}/attachments/{filename}`` -> the uploaded bytes
+- ``GET  /_emulator/webhooks?conversationId=ID&limit=N`` -> webhook deliveries and answers
 - ``GET  /_emulator/calls?limit=N&path=PREFIX`` -> recorded calls
 - ``GET  /_emulator/stats``
 - ``GET|POST /_emulator/faults`` -> read / update the FaultPlan (see ``FaultPlan.apply_dict``)
@@ -81,6 +84,11 @@ class EmulatorControl(Protocol):
 
     def agent_says(self, conversation_id: str, text: str) -> None: ...
 
+    def agent_resolves(self, conversation_id: str) -> None: ...
+
+    @property
+    def webhook_deliveries(self) -> List[WebhookResult]: ...
+
     def stats(self) -> JSONDict: ...
 
     def reset(self) -> None: ...
@@ -151,6 +159,10 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
                     "queue": c.queue,
                     "primaryIdentifier": c.contact_profile.get("primaryIdentifier"),
                     "messages": len(c.transcript),
+                    "vip": c.contact_profile.get("vip"),
+                    "medium": c.medium,
+                    "topics": sorted(c.topics),
+                    "last": c.transcript[-1].to_dict() if c.transcript else None,
                 }
                 for c in emu.conversations.values()
             ]
@@ -203,6 +215,35 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
         emu.agent_says(request.match_info["cid"], text)
         return {"conversationId": request.match_info["cid"], "ok": True}
 
+    async def resolve(request: web.Request) -> JSONDict:
+        emu.agent_resolves(request.match_info["cid"])
+        return {"conversationId": request.match_info["cid"], "ok": True}
+
+    async def attachment(request: web.Request) -> web.StreamResponse:
+        conv = emu.conversations.get(request.match_info["cid"])
+        found = None if conv is None else conv.attachments.get(request.match_info["name"])
+        if found is None:
+            return web.json_response({"error": "no such attachment"}, status=404)
+        content_type, data = found
+        return web.Response(body=data, content_type=content_type)
+
+    async def webhooks(request: web.Request) -> JSONDict:
+        cid = request.query.get("conversationId")
+        selected = [w for w in emu.webhook_deliveries if cid is None or w.conversation_id == cid]
+        limit = request.query.get("limit")
+        if limit is not None:
+            try:
+                count = int(limit)
+            except ValueError:
+                raise AdminError(400, "limit must be an integer") from None
+            selected = selected[-count:] if count > 0 else []
+        return {
+            "webhooks": [
+                {**w.to_dict(), "eventType": w.event_type, "conversationId": w.conversation_id}
+                for w in selected
+            ]
+        }
+
     async def calls(request: web.Request) -> JSONDict:
         prefix = request.query.get("path", "")
         selected = [c for c in emu.calls if c.path.startswith(prefix)]
@@ -251,6 +292,9 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
     app.router.add_post(f"{base}/conversations/{{cid}}/messages", guarded(message))
     app.router.add_post(f"{base}/conversations/{{cid}}/handback", guarded(handback))
     app.router.add_post(f"{base}/conversations/{{cid}}/agent", guarded(agent))
+    app.router.add_post(f"{base}/conversations/{{cid}}/resolve", guarded(resolve))
+    app.router.add_get(f"{base}/conversations/{{cid}}/attachments/{{name}}", attachment)
+    app.router.add_get(f"{base}/webhooks", guarded(webhooks))
     app.router.add_get(f"{base}/calls", guarded(calls))
     app.router.add_get(f"{base}/stats", guarded(stats))
     app.router.add_get(f"{base}/faults", guarded(get_faults))

@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Awaitable, Callable, List, Mapping, Optional, Sequence, TextIO
+from typing import Awaitable, Callable, List, Mapping, Optional, Sequence, TextIO, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -28,6 +29,7 @@ from .contact import (
     EVENT_CONVERSATION_STARTED,
     new_conversation_id,
 )
+from .http_api import is_token_expiry
 from .models import QUEUE_BOT, QUEUE_RESOLVED, EmulatorEvent, TranscriptEntry, WebhookResult
 from .server import (
     DEFAULT_CLIENT_ID,
@@ -149,6 +151,15 @@ def build_parser(environ: Optional[Mapping[str, str]] = None) -> argparse.Argume
     chat.add_argument(
         "--show-calls", action="store_true", help="also print every REST call the bot makes"
     )
+    chat.add_argument(
+        "--wait-for-bot",
+        type=float,
+        default=float(_env("SPARKCENTRAL_WAIT_FOR_BOT", "120", env)),
+        metavar="SECONDS",
+        help="before the first conversation, wait up to this long for the bot's health "
+        "check (GET on the webhook URL's folder) to answer 200; 0: do not wait "
+        "(default 120; env SPARKCENTRAL_WAIT_FOR_BOT)",
+    )
     return parser
 
 
@@ -196,6 +207,7 @@ async def serve(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     say(f"  connector settings: base_url={base} client_id={emu.client_id}")
     say(f"  webhooks are signed with the shared secret and POSTed to {emu.webhook_url}")
     say(f"  start a conversation: curl -X POST {base}/_emulator/conversations")
+    say(f"  web inbox: {base}/_emulator/ui")
     say("  press Ctrl-C to stop")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -280,7 +292,9 @@ class ChatSession:
                 self.say(format_chat_entry(event.entry))
         elif event.kind == "call" and event.call is not None:
             call = event.call
-            if self.args.show_calls or call.status >= 400:
+            # an expired token is refused once, then the bot fetches a new one: normal
+            shown = call.status >= 400 and not is_token_expiry(call)
+            if self.args.show_calls or shown:
                 detail = "" if call.response_json is None else f" {call.response_json}"
                 self.say(f"  ({call.method} {call.path} -> {call.status}{detail})")
 
@@ -384,6 +398,52 @@ class ChatSession:
         return True
 
 
+def health_url(webhook_url: str) -> str:
+    """The bot's health check: the webhook URL's folder (``/webhooks/sparkcentral/``)."""
+    parts = urlsplit(webhook_url)
+    folder = parts.path.rsplit("/", 1)[0] + "/"
+    return urlunsplit((parts.scheme, parts.netloc, folder, "", ""))
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> Tuple[bool, str]:
+    try:
+        async with session.get(url) as response:
+            await response.read()
+            if response.status == 200:
+                return True, "200"
+            return False, (
+                f"it answered {response.status}: is rasa_sparkcentral.SparkcentralInput in the "
+                "credentials file `rasa run` was given, and is the webhook URL right?"
+            )
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return False, f"{type(exc).__name__}: {exc}; is `rasa run` started?"
+
+
+async def wait_for_bot(
+    webhook_url: str, timeout: float, say: Callable[[str], None], interval: float = 0.5
+) -> bool:
+    """Poll the bot's health check until it answers 200 (True) or ``timeout`` passes."""
+    if timeout <= 0:
+        return True
+    url = health_url(webhook_url)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    client_timeout = aiohttp.ClientTimeout(total=min(5.0, max(timeout, 0.5)))
+    async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False) as session:
+        up, problem = await _probe(session, url)
+        if up:
+            return True
+        say(f"waiting for the bot at {url} (up to {timeout:g} s; --wait-for-bot 0 skips this)")
+        while loop.time() - started < timeout:
+            await asyncio.sleep(interval)
+            up, problem = await _probe(session, url)
+            if up:
+                say(f"the bot is up (after {loop.time() - started:.0f} s)")
+                return True
+    say(f"(the bot at {url} is not up after {timeout:g} s: {problem}; starting anyway)")
+    return False
+
+
 async def chat(
     args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
 ) -> int:
@@ -395,6 +455,7 @@ async def chat(
     session.say(CHAT_HELP)
     reader = _LineReader(stdin)
     try:
+        await wait_for_bot(emu.webhook_url, args.wait_for_bot, session.say)
         await session.new_conversation()
         while True:
             line = await reader.readline()

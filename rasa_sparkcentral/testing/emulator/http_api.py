@@ -47,10 +47,16 @@ from .models import (
     parse_json,
 )
 
+#: The planned fault a request met, kept on the request for the recording middleware.
+#: aiohttp 3.14 warns on string request keys; older releases have no web.RequestKey.
+FAULT_KEY: Any = web.RequestKey("fault", str) if hasattr(web, "RequestKey") else "fault"
 ADMIN_PREFIX = "/_emulator/"
 _FILENAME = re.compile(ATTACHMENT_FILENAME_PATTERN)
 #: Form fields that carry client credentials; Inbox 2.0 wants them in the Basic header only.
 _BODY_CREDENTIALS = ("client_id", "client_secret")
+#: The ``message`` of a 401 for a token that was valid once (expired or revoked): the bot
+#: is expected to fetch a new one and try again. A missing or unknown token says otherwise.
+EXPIRED_TOKEN_MESSAGE = "the access token expired"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -150,7 +156,7 @@ class SparkcentralApi:
             at=time.monotonic(),
             query=dict(request.query.items()),
             response_json=response_json,
-            fault=request.get("fault"),
+            fault=request.get(FAULT_KEY),
         )
         self.calls.append(call)
         self.settings.trim(self.calls)
@@ -166,7 +172,7 @@ class SparkcentralApi:
 
     @staticmethod
     def _fault_response(request: web.Request, fault: Fault) -> web.Response:
-        request["fault"] = fault.kind
+        request[FAULT_KEY] = fault.kind
         raw = fault.raw_body()
         if raw is not None:
             return web.Response(
@@ -254,17 +260,20 @@ class SparkcentralApi:
         )
         return id_ok and secret_ok
 
-    def _bearer_ok(self, header: Optional[str]) -> bool:
+    def _bearer_problem(self, header: Optional[str]) -> Optional[str]:
+        """Why the Bearer token is refused (None: it is valid)."""
         if not header:
-            return False
+            return "missing access token"
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            return "missing access token"
         issued = self._tokens.get(token.strip())
         if issued is None:
-            return False
+            return "unknown access token"
         expires_at, sequence = issued
-        return time.monotonic() < expires_at and self.faults.token_valid(sequence)
+        if time.monotonic() < expires_at and self.faults.token_valid(sequence):
+            return None
+        return EXPIRED_TOKEN_MESSAGE
 
     async def _rest_gate(
         self, request: web.Request
@@ -275,9 +284,10 @@ class SparkcentralApi:
         fault = self.faults.take_rest_fault()
         if fault is not None:
             return None, self._fault_response(request, fault)
-        if not self._bearer_ok(request.headers.get("Authorization")):
+        problem = self._bearer_problem(request.headers.get("Authorization"))
+        if problem is not None:
             return None, web.json_response(
-                {"error": "invalid_token", "message": "missing, unknown or expired token"},
+                {"error": "invalid_token", "message": problem},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
@@ -343,3 +353,14 @@ class SparkcentralApi:
         conv.attachments[filename] = (content_type, body)
         self.bus.notify()
         return web.json_response({})
+
+
+def is_token_expiry(call: RecordedCall) -> bool:
+    """A REST call refused only because its token had expired (a normal token refresh)."""
+    answer = call.response_json
+    return (
+        call.status == 401
+        and call.fault is None
+        and isinstance(answer, dict)
+        and answer.get("message") == EXPIRED_TOKEN_MESSAGE
+    )

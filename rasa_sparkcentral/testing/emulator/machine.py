@@ -117,6 +117,13 @@ class ConversationMachine:
         conv = self.conversation(conversation_id)
         self.add_entry(conv, TranscriptEntry(sender=SENDER_AGENT, text=text))
 
+    def agent_resolves(self, conversation_id: str) -> None:
+        """A human agent resolves the conversation (queue -> "resolved"; the bot is not told)."""
+        conv = self.conversation(conversation_id)
+        conv.queue = QUEUE_RESOLVED
+        self.cancel_timers(conv.id)
+        self.add_entry(conv, _system("[RESOLVED by the agent -> conversation closed]"))
+
     # ------------------------------------------------------------------ events in
     def before_delivery(self, event_type: str, data: JSONDict) -> None:
         """A webhook event is about to be sent: assignments move the conversation to the

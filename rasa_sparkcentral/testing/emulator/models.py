@@ -361,6 +361,8 @@ class WebhookResult:
     error: Optional[str] = None
     """Why a non-empty answer was not applied (invalid, conversation not with the bot...)."""
     results: List[WebhookResult] = field(default_factory=list, repr=False)
+    at: float = field(default_factory=time.monotonic)
+    """When the answer arrived (``time.monotonic()``, like ``RecordedCall.at``)."""
     attempts: List[JSONDict] = field(default_factory=list)
     """Every try of this delivery under the retry rule: ``{status, elapsed, error}``
     (status 0 when no answer came)."""
@@ -380,6 +382,7 @@ class WebhookResult:
             "delivered": self.delivered,
             "applied": self.applied,
             "error": self.error,
+            "at": self.at,
             "attempts": [dict(a) for a in self.attempts],
             "messageId": self.message_id,
         }

@@ -57,6 +57,7 @@ from .contact import (
 from .events import EventBus, Listener
 from .faults import FaultPlan
 from .http_api import SparkcentralApi
+from .inbox import add_inbox_routes
 from .machine import ConversationMachine
 from .models import (
     QUEUE_BOT,
@@ -206,6 +207,7 @@ class SparkcentralEmulator:
         self._runner: Optional[web.AppRunner] = None
         self._base_url: Optional[str] = None
         self.app = self.api.build_app(self)
+        add_inbox_routes(self.app, self)
 
     # ------------------------------------------------------------------ platform
     @property
@@ -537,6 +539,10 @@ class SparkcentralEmulator:
     def agent_says(self, conversation_id: str, text: str) -> None:
         """A human agent replies to the contact (transcript only; the bot is not told)."""
         self.machine.agent_says(conversation_id, text)
+
+    def agent_resolves(self, conversation_id: str) -> None:
+        """A human agent resolves the conversation (the bot is not told)."""
+        self.machine.agent_resolves(conversation_id)
 
     async def deliver(
         self,
