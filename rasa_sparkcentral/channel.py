@@ -171,14 +171,12 @@ class SparkcentralInput(InputChannel):
     ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
         """Queue an accepted event's turn; return the webhook answer and the metadata its
         messages carry (None for a repeated delivery)."""
-        rest = RestSink(self.client)
+        # the contact's message this turn answers: REST applyTags name it
+        rest = RestSink(self.client, event.message_id)
         answer = (
             WebhookAnswer(rest, self.settings) if self.settings.reply_mode == "webhook" else None
         )
         output = SparkcentralOutput(self.client, self.state, self.settings, answer or rest)
-        # The contact's message this turn answers: REST applyTags name it. (setattr until
-        # output.py declares the attribute.)
-        setattr(output, "inbound_message_id", event.message_id)  # noqa: B010
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Once the delivery is claimed its turn must be queued, even if the request is
         # cancelled meanwhile (Sparkcentral's retry would be ignored as a repeat).
