@@ -25,6 +25,8 @@ def main() -> int:
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         for info in pkgutil.walk_packages(rasa_sparkcentral.__path__, "rasa_sparkcentral."):
+            if info.name.endswith(".__main__"):
+                continue  # runs a command line when imported
             importlib.import_module(info.name)
             modules.append(info.name)
         # the lazily imported channel classes

@@ -63,7 +63,7 @@ class FakeBot:
             async with http.post(
                 f"{base}/virtual-agent/oauth2/token",
                 auth=aiohttp.BasicAuth(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
-                data={"grant_type": "client_credentials"},
+                data={"grant_type": "client_credentials", "scope": "client-read"},
             ) as r:
                 token = (await r.json())["access_token"]
             for body in bodies:
