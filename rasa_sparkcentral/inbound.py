@@ -17,6 +17,7 @@ from rasa.core.channels.channel import OutputChannel, UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
 
 from rasa_sparkcentral import buttons as button_list
+from rasa_sparkcentral import slash
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.protocol import ASSIGNMENT_EVENTS, CHANNEL_NAME, ChannelDetails, Event
 from rasa_sparkcentral.state import ChannelState
@@ -84,13 +85,25 @@ class Inbound:
 
         text = answer_text(event.text, await shown())
         actions: List[Dict[str, Any]] = []
-        parse_data = None
+        text, parse_data = await self.screen_command(
+            text, trusted=text != (event.text or ""), parse=parse
+        )
         if self.settings.intent_topics and parse is not None and text:
-            parse_data = await parse(text)
+            if parse_data is None:
+                parse_data = await parse(text)
             topic = self.topic_for(parse_data)
             if topic:
                 actions.append({"applyTopics": [topic]})
         return Turn([message(text, "", parse_data)], actions)
+
+    async def screen_command(
+        self, text: str, *, trusted: bool, parse: Optional[Parse]
+    ) -> Tuple[str, Optional[Dict[str, Any]]]:
+        """A contact's text starting with "/" is plain text unless ``trusted`` (a button
+        payload) or the settings trust commands (``slash``)."""
+        if trusted or self.settings.trust_slash_commands or not slash.looks_like_command(text):
+            return text, None
+        return await slash.as_plain_text(text, parse)
 
     def topic_for(self, parse_data: Dict[str, Any]) -> Optional[str]:
         """The topic an NLU result names under ``intent_topics`` (None: no topic)."""

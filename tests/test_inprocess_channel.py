@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List
@@ -99,6 +100,8 @@ async def serve() -> AsyncIterator[Serve]:
             "client_secret": emulator.client_secret,
             # fast retries: nothing here fails on purpose
             "backoff_base": 0.01,
+            # each channel its own embedded journal
+            "journal_path": f"{tempfile.mkdtemp(prefix='sc-journal-')}/journal.sqlite3",
         }
         credentials.update(settings)
         channel = SparkcentralInput.from_credentials(credentials)
@@ -240,6 +243,7 @@ async def test_bad_input_is_refused_and_reaches_nothing(serve: Serve) -> None:
     served = await serve(max_body_bytes=2048)
     emu = served.emulator
     cid = (await emu.start_conversation()).conversation_id
+    await idle(served)  # the assignment's turn runs after its 200
     before = list(served.agent.messages)
     data = {"conversationId": cid, "message": {"text": "hi"}}
 
@@ -267,7 +271,43 @@ async def test_health_check(serve: Serve) -> None:
         served.url + HEALTH_PATH
     ) as response:
         assert response.status == 200
-        assert await response.json() == {"status": "ok", "channel": "sparkcentral"}
+        body = await response.json()
+    assert (body["status"], body["channel"]) == ("ok", "sparkcentral")
+    assert body["journal"]["backend"] == "sqlite"
+    assert set(body["journal"]) >= {"accepted", "finished", "replayed", "pending", "failed"}
+    assert set(body["outbox"]) >= {"pending", "sent", "given_up"}
+
+
+async def test_health_counts_what_the_journal_accepted_and_finished(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await emu.contact_says(cid, "hello")
+    await emu.wait_for_bot_messages(cid, 1)
+    await idle(served)
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + HEALTH_PATH
+    ) as response:
+        body = await response.json()
+    assert body["journal"]["accepted"] == body["journal"]["finished"] == 2
+    assert body["journal"]["pending"] == 0
+    assert body["outbox"]["sent"] == 1
+
+
+async def test_a_stopping_channel_is_unready_and_refuses_new_webhooks(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await idle(served)
+    await served.channel.stop_taking_work()
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + HEALTH_PATH
+    ) as response:
+        assert response.status == 503
+        assert await response.json() == {"status": "stopping"}
+    refused = await emu.contact_says(cid, "too late")
+    assert refused.status == 503
+    assert "too late" not in served.agent.texts_of(cid)
 
 
 # ----------------------------------------------------------------------------- webhook_port

@@ -210,6 +210,8 @@ class BotStack:
             "client_id": self.emulator.client_id,
             "client_secret": self.emulator.client_secret,
         }
+        # one embedded journal per bot (two ``rasa run`` in one bot folder cannot share one)
+        settings["journal_path"] = str(self.log_dir / self.name / "journal.sqlite3")
         settings.update(self.channel_settings)
         path = processes.write_credentials(
             self.credentials_path, rest=self.rest_channel, **settings
