@@ -215,7 +215,12 @@ class SparkcentralInput(InputChannel):
             self._journal, self._handle, max_concurrent_turns=settings.max_concurrent_turns
         )
         if self.client is not None:
-            self._sender = ReplySender(self._outbox, self.client)
+            self._sender = ReplySender(
+                self._outbox,
+                self.client,
+                backoff_base=settings.backoff_base,
+                backoff_max=settings.backoff_max,
+            )
         if settings.webhook_port:
             self._thread = WebhookThread(
                 settings, settings.webhook_host, settings.webhook_port, self._record_from_thread
@@ -441,7 +446,7 @@ class SparkcentralInput(InputChannel):
         if self._ordering is not None and not self._ordering.closing:
             await self._ordering.aclose(self.settings.shutdown_grace)
         if self._sender is not None:
-            await self._sender.aclose()
+            await self._sender.aclose(self.settings.request_timeout)
         for store in (self._journal, self._outbox):
             if store is not None:
                 try:

@@ -55,10 +55,22 @@ class PlatformHealth:
 class ReplySender:
     """Sends each conversation's outbox in order, on the instance holding its lease."""
 
-    def __init__(self, outbox: Outbox, client: SparkcentralClient) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: SparkcentralClient,
+        *,
+        backoff_base: float = 0.25,
+        backoff_max: float = 10.0,
+    ) -> None:
         self.outbox = outbox
         self.client = client
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
         self.health = PlatformHealth()
+        #: set (and replaced) when the platform answers again or the sender stops: the
+        #: senders waiting out a backoff try at once
+        self._kick = asyncio.Event()
         self._senders: Dict[str, asyncio.Task[None]] = {}
         self._again: Set[str] = set()
         self.closing = False
@@ -120,6 +132,8 @@ class ReplySender:
             return
         attempt = await self.client.attempt(item.conversation_id, body)
         if attempt.outcome is not None:
+            if self.health.down_since is not None:
+                self._wake_waiting()
             self.health.succeeded()
             if attempt.outcome is Outcome.FAILED:
                 logger.error(
@@ -138,6 +152,8 @@ class ReplySender:
             now=time.time(),
             deadline=item.deadline,
             retry_after=attempt.retry_after,
+            base=self.backoff_base,
+            cap=self.backoff_max,
         )
         if delay is None:
             logger.error(
@@ -151,13 +167,23 @@ class ReplySender:
             )
             await self.outbox.give_up(item)
             return
-        await asyncio.sleep(delay)
+        kick = self._kick
+        try:
+            await asyncio.wait_for(kick.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
 
-    async def aclose(self) -> None:
-        """Stop; unsent replies stay in the outbox for the next start."""
+    def _wake_waiting(self) -> None:
+        self._kick.set()
+        self._kick = asyncio.Event()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop: sends on the wire finish (for up to ``grace`` seconds, so that none is
+        cut off after the platform took it); unsent replies stay in the outbox."""
         self.closing = True
+        self._wake_waiting()
         tasks = list(self._senders.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
