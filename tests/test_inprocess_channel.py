@@ -8,6 +8,7 @@ No subprocess: each test takes a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import tempfile
 import uuid
@@ -335,3 +336,67 @@ async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve
     texts = await emu.wait_for_bot_messages(cid, 6)
     await idle(served)
     assert emu.bot_texts(cid) == texts == [f"echo: m{i}" for i in range(6)]
+
+
+# ----------------------------------------------------------------------------- issue 13
+
+
+async def test_bad_conversation_ids_are_refused(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    for cid in ["\ud800-lone-surrogate", "x" * 257]:
+        envelope = {
+            "type": INBOUND_MESSAGE_RECEIVED,
+            "idempotencyKey": uuid.uuid4().hex,
+            "data": {"conversationId": cid, "message": {"text": "hi"}},
+        }
+        # a lone surrogate only exists escaped in JSON (json.dumps escapes it)
+        result = await emu.deliver(
+            INBOUND_MESSAGE_RECEIVED, None, raw_body=json.dumps(envelope).encode()
+        )
+        assert result.status == 400
+    longest = "y" * 256
+    accepted = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": longest, "message": {"text": "hi"}}
+    )
+    assert accepted.status == 200
+    await idle(served)
+    assert [m.sender_id for m in served.agent.messages] == [longest]
+
+
+@pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
+async def test_no_200_without_a_record(serve: Serve, port: bool) -> None:
+    """The journal cannot write: 503 (Sparkcentral retries), and nothing runs."""
+    settings: Dict[str, Any] = {}
+    if port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            settings = {"webhook_port": probe.getsockname()[1], "webhook_host": "127.0.0.1"}
+    served = await serve(**settings)
+    emu = served.emulator
+    if port:
+        emu.webhook_url = f"http://127.0.0.1:{settings['webhook_port']}{WEBHOOK_PATH}"
+    cid = (await emu.start_conversation()).conversation_id
+    await idle(served)
+    before = list(served.agent.messages)
+    await served.channel.journal.close()
+    refused = await emu.contact_says(cid, "lost?")
+    assert refused.status == 503
+    await idle(served)
+    assert served.agent.messages == before
+
+
+async def test_slash_text_from_a_contact_is_not_a_command(serve: Serve) -> None:
+    """Without Rasa's NLU at hand (this stand-in agent has none) the text is shielded so
+    that Rasa's regex handler does not read it; with ``trust_slash_commands`` it passes."""
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await emu.contact_says(cid, "/restart")
+    await idle(served)
+    assert served.agent.texts_of(cid)[-1] == "\u200b/restart"
+    trusting = await serve(trust_slash_commands=True)
+    cid = (await trusting.emulator.start_conversation()).conversation_id
+    await trusting.emulator.contact_says(cid, "/restart")
+    await idle(trusting)
+    assert trusting.agent.texts_of(cid)[-1] == "/restart"

@@ -132,6 +132,27 @@ async def test_an_entry_recorded_while_the_conversation_drains_is_run_after_the_
     assert log.of("c") == ["first", "start second", "end second"]
 
 
+async def test_an_entry_recorded_while_the_lease_is_released_is_not_stranded() -> None:
+    """The drain found nothing left and releases; meanwhile a webhook is recorded and
+    its waker sees the drain still running. The drain looks again after releasing."""
+    backlog = FakeBacklog()
+    ordering = ordering_of(backlog)
+    log = Log()
+    release = backlog.release
+
+    async def release_while_a_webhook_arrives(lease: Lease) -> None:
+        if "start late" not in log.of("c") and len(backlog.entries["c"]) == 0:
+            backlog.add("c", fake_turn(log, "c", "late", 0))
+            ordering._again.discard("c")  # its waker's flag came before the last read
+        await release(lease)
+
+    backlog.release = release_while_a_webhook_arrives  # type: ignore[method-assign]
+    backlog.add("c", fake_turn(log, "c", "first", 0))
+    ordering.wake("c")
+    await finished(ordering)
+    assert log.of("c") == ["start first", "end first", "start late", "end late"]
+
+
 async def test_a_failing_turn_stays_in_the_backlog_and_runs_again_before_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
