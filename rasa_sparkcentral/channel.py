@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from rasa.core.channels.channel import InputChannel, UserMessage
 from rasa.shared.exceptions import RasaException
@@ -37,7 +37,7 @@ from rasa_sparkcentral.journal import (
 )
 from rasa_sparkcentral.ordering import Ordering
 from rasa_sparkcentral.outbox import Outbox, make_outbox
-from rasa_sparkcentral.output import RestSink, SparkcentralOutput
+from rasa_sparkcentral.output import RestSink, Sink, SparkcentralOutput
 from rasa_sparkcentral.protocol import (
     CHANNEL_NAME,
     METADATA_KEY,
@@ -314,11 +314,17 @@ class SparkcentralInput(InputChannel):
             return
         self._attempted.add(entry.key)
         rest = RestSink(self.client)
-        sink = waiter[0] if waiter is not None else OutboxSink(rest)
+        sink: Sink = rest
+        if waiter is not None:
+            sink = waiter[0]
+        elif self._sender is not None:
+            sink = OutboxSink(rest, entry.key, self._enqueue_reply)
         output = SparkcentralOutput(self.client, self.state, self.settings, sink)
         failed = False
         try:
             await self.ordering.run_in_slot(self._turn(event, output, agent))
+        except JournalUnavailable:
+            raise  # the outbox could not take a reply: leave the entry for later
         except Exception:
             failed = True
             logger.exception(
@@ -328,8 +334,6 @@ class SparkcentralInput(InputChannel):
             if not waiter[1].done():
                 waiter[1].set_result(None)
             await waiter[0].send_rest(conversation_id)
-        elif isinstance(sink, OutboxSink) and sink.bodies:
-            await self._queue_replies(conversation_id, entry.key, sink.bodies, rest)
         await journal.finish(entry, failed=failed)
         self._attempted.discard(entry.key)
 
@@ -349,16 +353,11 @@ class SparkcentralInput(InputChannel):
         for message in planned.messages:
             await self._on_new_message(message)
 
-    async def _queue_replies(
-        self, conversation_id: str, key: str, bodies: List[Dict[str, Any]], rest: RestSink
-    ) -> None:
-        """Put the turn's replies into the outbox (waiting out a short outage), then
-        wake the conversation's sender."""
-        if self._sender is None or self._outbox is None:
-            for body in bodies:  # no API keys: RestSink logs each as undeliverable
-                await rest.put(conversation_id, body)
-            return
-        encoded = [json.dumps(body).encode() for body in bodies]
+    async def _enqueue_reply(self, conversation_id: str, body: Dict[str, Any], key: str) -> None:
+        """Put one reply into the outbox (waiting out a short outage), then wake the
+        conversation's sender."""
+        assert self._outbox is not None and self._sender is not None
+        encoded = [json.dumps(body).encode()]
         while True:
             try:
                 await self._outbox.put(conversation_id, encoded, key)

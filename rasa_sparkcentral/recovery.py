@@ -9,7 +9,7 @@ once the turn's actions ran: an entry found there is finished, not run again.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Awaitable, Callable, Dict
 
 from rasa.shared.core.events import UserUttered
 
@@ -17,6 +17,9 @@ from rasa_sparkcentral.journal import JournalUnavailable
 from rasa_sparkcentral.output import RestSink
 
 logger = logging.getLogger(__name__)
+
+#: (conversation id, body, source key) → the body is in the outbox.
+Enqueue = Callable[[str, Dict[str, Any], str], Awaitable[None]]
 
 
 async def already_handled(agent: Any, conversation_id: str, idempotency_key: str) -> bool:
@@ -42,16 +45,23 @@ async def already_handled(agent: Any, conversation_id: str, idempotency_key: str
 
 
 class OutboxSink:
-    """Keeps a turn's conversation actions, in order, for the outbox."""
+    """Puts each of a turn's conversation actions into the outbox as Rasa produces it,
+    so that they are durable before Rasa saves the tracker (after which a replay would
+    skip the turn). The n-th action of a turn goes in under the source key
+    ``<idempotencyKey>#<n>``: a turn run again after a crash puts nothing twice."""
 
-    def __init__(self, rest: RestSink) -> None:
+    def __init__(self, rest: RestSink, key: str, enqueue: Enqueue) -> None:
         self._rest = rest
-        self.bodies: List[Dict[str, Any]] = []
+        self._key = key
+        self._enqueue = enqueue
+        self.count = 0
 
     @property
     def rest(self) -> RestSink:
         return self._rest
 
     async def put(self, recipient_id: str, body: Dict[str, Any]) -> None:
-        if not self._rest.gone:
-            self.bodies.append(body)
+        if self._rest.gone:
+            return
+        self.count += 1
+        await self._enqueue(recipient_id, body, f"{self._key}#{self.count}")

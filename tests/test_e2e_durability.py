@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
+from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing.processes import ManagedProcess
 from tests.helpers import get_tracker, response_text, say_and_wait, settle
 from tests.support import BotStarter, RasaHandle
 
@@ -183,3 +186,44 @@ async def test_slash_texts_from_a_contact_are_text_not_commands(
     assert not [e for e in tracker["events"] if e["event"] == "restart"]
     # the bot still understands plain questions afterwards
     assert await say_and_wait(emu, cid, "what are your opening hours?") == [HOURS]
+
+
+async def test_a_dead_instances_acknowledged_messages_are_answered_by_the_other(
+    start_bot: BotStarter, redis_server: ManagedProcess
+) -> None:
+    """Two instances on one Redis (journal, outbox, trackers, locks); A is SIGKILLed with
+    messages in flight and not restarted: B takes A's conversations over once A's leases
+    run out (``claim_after``) and answers everything, in order."""
+    emulator = await start_bot.new_emulator()
+    port = redis_server.port
+    common: Dict[str, Any] = {
+        "emulator": emulator,
+        "tracker_store": processes.redis_tracker_store(port, db=3, key_prefix="durable"),
+        "lock_store": processes.redis_lock_store(port, db=4, key_prefix="durable"),
+        "redis_url": f"redis://127.0.0.1:{port}/5",
+        "claim_after": 3,
+        # Rasa's lock store keeps a dead holder's ticket for its lifetime (60 s by
+        # default): the other instance's turns of that conversation wait that long
+        "env": {"TICKET_LOCK_LIFETIME": "5"},
+    }
+    a, b = await asyncio.gather(
+        start_bot(name="rasa-durable-a", **common),
+        start_bot(name="rasa-durable-b", set_webhook=False, **common),
+    )
+    emulator.webhook_url = a.webhook_url
+    cids = await start_conversations(emulator, 6)
+    emulator.faults.delay = 0.3
+    expected = await send_without_waiting(emulator, cids, 3)
+    killed_at = time.monotonic()
+    sigkill(a)
+    emulator.faults.delay = 0.0
+    emulator.webhook_url = b.webhook_url
+    duplicates = await all_answered(emulator, expected, in_flight=len(cids))
+    print(
+        f"B answered A's backlog {time.monotonic() - killed_at:.1f} s after the kill "
+        f"(claim_after 3 s); duplicated replies: {duplicates}"
+    )
+    # the conversations go on, on B, in order
+    for cid in cids:
+        assert await say_and_wait(emulator, cid, QUESTIONS[0][0]) == [QUESTIONS[0][1]]
+    await b.stop()
