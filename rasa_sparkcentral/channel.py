@@ -71,6 +71,18 @@ def _follow_rasa_log_level() -> None:
         package_logger.setLevel(logging.getLogger("rasa").getEffectiveLevel())
 
 
+def _is_outage(error: BaseException) -> bool:
+    """A store the turn needs could not be reached (rather than Rasa failing on it)."""
+    if isinstance(error, (OSError, asyncio.TimeoutError)):
+        return True
+    kind = type(error)
+    return kind.__module__.startswith("redis") and kind.__name__ in (
+        "ConnectionError",
+        "TimeoutError",
+        "BusyLoadingError",
+    )
+
+
 class SparkcentralConfigError(RasaException):
     """A setting in credentials.yml is missing or malformed."""
 
@@ -325,7 +337,9 @@ class SparkcentralInput(InputChannel):
             await self.ordering.run_in_slot(self._turn(event, output, agent))
         except JournalUnavailable:
             raise  # the outbox could not take a reply: leave the entry for later
-        except Exception:
+        except Exception as e:
+            if _is_outage(e):  # a store (channel state, tracker) is down: run it later
+                raise JournalUnavailable(f"{type(e).__name__}: {e}") from e
             failed = True
             logger.exception(
                 "Rasa failed to handle %s for conversation %s", event.type, conversation_id

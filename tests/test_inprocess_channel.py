@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List
 
 import aiohttp
@@ -23,6 +26,7 @@ from sanic import Sanic
 
 from rasa_sparkcentral.channel import SparkcentralInput
 from rasa_sparkcentral.protocol import HEALTH_PATH, INBOUND_MESSAGE_RECEIVED, WEBHOOK_PATH
+from rasa_sparkcentral.testing import processes
 
 # The emulator moves to rasa_sparkcentral.testing.emulator (issue 11): this line follows it.
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
@@ -400,3 +404,65 @@ async def test_slash_text_from_a_contact_is_not_a_command(serve: Serve) -> None:
     await trusting.emulator.contact_says(cid, "/restart")
     await idle(trusting)
     assert trusting.agent.texts_of(cid)[-1] == "/restart"
+
+
+@pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
+async def test_redis_killed_then_frozen_gives_503s_and_loses_nothing(
+    serve: Serve, tmp_path: Path, port: bool
+) -> None:
+    """The Redis journal's server (append-only file on) is killed, then frozen: every
+    webhook meanwhile gets 503 (none hangs, none gets 200 unrecorded); Sparkcentral's
+    retries afterwards are answered, once each, in order."""
+    redis_port = processes.free_port()
+    redis = processes.redis_server(redis_port, tmp_path / "redis", tmp_path / "redis.log")
+    redis.argv[redis.argv.index("--appendonly") + 1] = "yes"
+    redis.argv += ["--appendfsync", "always"]
+    redis.start()
+    await redis.wait_ready_async()
+    try:
+        settings: Dict[str, Any] = {
+            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            "claim_after": 1.5,
+        }
+        if port:
+            settings.update(webhook_port=processes.free_port(), webhook_host="127.0.0.1")
+        served = await serve(**settings)
+        emu = served.emulator
+        if port:
+            emu.webhook_url = f"http://127.0.0.1:{settings['webhook_port']}{WEBHOOK_PATH}"
+        cid = (await emu.start_conversation()).conversation_id
+        assert (await emu.contact_says(cid, "m0")).status == 200
+        await emu.wait_for_bot_messages(cid, 1)
+        await idle(served)
+
+        async def outage(
+            text: str, begin: Callable[[], None], end: Callable[[], Awaitable[None]]
+        ) -> None:
+            data = {"conversationId": cid, "message": {"text": text}}
+            key = uuid.uuid4().hex
+            begin()
+            refused = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            assert refused.status == 503
+            await end()
+            retried = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            assert retried.status == 200
+
+        async def restart() -> None:
+            redis.stop()
+            redis.start()
+            await redis.wait_ready_async()
+
+        async def thaw() -> None:
+            assert redis.pid is not None
+            os.kill(redis.pid, signal.SIGCONT)
+
+        await outage("m1", lambda: os.killpg(redis.pid or 0, signal.SIGKILL), restart)
+        await outage("m2", lambda: os.kill(redis.pid or 0, signal.SIGSTOP), thaw)
+        await emu.wait_for_bot_messages(cid, 3)
+        await idle(served)
+        assert emu.bot_texts(cid) == ["echo: m0", "echo: m1", "echo: m2"]
+        assert served.agent.texts_of(cid)[-3:] == ["m0", "m1", "m2"]
+    finally:
+        if redis.pid is not None and redis.running:
+            os.kill(redis.pid, signal.SIGCONT)
+        redis.stop()
