@@ -21,7 +21,7 @@ from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from rasa_sparkcentral.testing.processes import ManagedProcess
 from tests.helpers import get_tracker, response_text, say_and_wait, settle
-from tests.support import BotStarter, RasaHandle
+from tests.support import BOT_DIR, BotStarter, RasaHandle
 
 GREETING = response_text("utter_greet")
 HOURS = response_text("utter_opening_hours")
@@ -227,3 +227,46 @@ async def test_a_dead_instances_acknowledged_messages_are_answered_by_the_other(
     for cid in cids:
         assert await say_and_wait(emulator, cid, QUESTIONS[0][0]) == [QUESTIONS[0][1]]
     await b.stop()
+
+
+async def test_slow_action_server_turns_do_not_hold_up_other_conversations(
+    start_bot: BotStarter, server_logs: Path
+) -> None:
+    """Four conversations ask something whose action takes 6 s; then eight others ask
+    quick questions. With two turn slots, had the slow turns kept their slots, every
+    quick answer would come after a slow one; the slow turns give their slots back, so
+    every quick conversation is answered before any slow one. (Order of arrival, not a
+    timed assert; the waits are printed.)"""
+    actions = processes.action_server(
+        BOT_DIR,
+        processes.free_port(),
+        server_logs / "action-server-slow.log",
+        env={"EXAMPLE_BOT_LANGUAGE_DELAY": "6"},
+    )
+    async with actions:
+        await actions.wait_ready_async()
+        rasa = await start_bot(
+            name="rasa-durable-fair",
+            action_url=f"{actions.url}/webhook",
+            max_concurrent_turns=2,
+        )
+        emu = rasa.emulator
+        slow = await start_conversations(emu, 4)
+        quick = await start_conversations(emu, 8)
+        began = time.monotonic()
+        for cid in slow:
+            assert (await emu.contact_says(cid, "what language am I using?")).status == 200
+        for cid in quick:
+            assert (await emu.contact_says(cid, QUESTIONS[0][0])).status == 200
+        for cid in quick:
+            await emu.wait_for_bot_messages(cid, 2)
+        quick_done = time.monotonic() - began
+        answered_slow = [cid for cid in slow if len(emu.bot_texts(cid)) > 1]
+        for cid in slow:
+            await emu.wait_for_bot_messages(cid, 2)
+        print(
+            f"quick conversations answered {quick_done:.1f} s after the first slow question; "
+            f"slow ones after {time.monotonic() - began:.1f} s"
+        )
+        assert answered_slow == []
+        await rasa.stop()
