@@ -123,7 +123,7 @@ async def main() -> int:
                     result = await emu.deliver(INBOUND, data, idempotency_key=key)
                     if result.status == 200:
                         break
-                except Exception:  # noqa: BLE001 - refused connection, timeout
+                except Exception:  # refused connection, timeout
                     pass
                 refused += 1
                 await asyncio.sleep(1.0)
