@@ -45,6 +45,16 @@ class _Retryable(Exception):
 
 
 @dataclass
+class Attempt:
+    """One try of a call: ``outcome`` None means retryable (after ``retry_after``, if
+    the platform said so)."""
+
+    outcome: Optional[Outcome]
+    reason: str = ""
+    retry_after: Optional[float] = None
+
+
+@dataclass
 class ClientStats:
     token_requests: int = 0
     requests: int = 0
@@ -170,6 +180,28 @@ class SparkcentralClient:
         """POST a conversation action (sendMessage / applyTopics / complete)."""
         path = self._settings.api.conversation_path(quote(conversation_id, safe=""))
         return await self._call("POST", path, conversation_id, json_body=dict(body))
+
+    async def attempt(self, conversation_id: str, body: Mapping[str, Any]) -> Attempt:
+        """POST a conversation action once (a rejected token is refreshed once); the
+        caller (the outbox sender) owns the retries."""
+        path = self._settings.api.conversation_path(quote(conversation_id, safe=""))
+        refreshed = False
+        while True:
+            try:
+                outcome = await self._once(
+                    "POST", path, conversation_id, dict(body), None, None, refreshed
+                )
+            except _TokenRejected:
+                if refreshed:
+                    return Attempt(Outcome.FAILED, "a fresh access token was rejected")
+                refreshed = True
+                continue
+            except AuthError as e:
+                self.stats.failures += 1
+                return Attempt(Outcome.FAILED, str(e))
+            except _Retryable as e:
+                return Attempt(None, e.reason, e.retry_after)
+            return Attempt(outcome, outcome.value)
 
     async def upload_attachment(
         self, conversation_id: str, filename: str, data: bytes, content_type: str

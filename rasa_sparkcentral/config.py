@@ -65,6 +65,20 @@ class Settings:
     #: Attachments must be fewer than 10,000,000 bytes.
     image_max_bytes: int = ATTACHMENT_LIMIT_BYTES - 1
     image_timeout: float = 10.0
+    #: The embedded journal (and its outbox beside it); unused with ``redis_url``.
+    journal_path: str = ".rasa/sparkcentral-journal.sqlite3"
+    #: A dead instance's conversations are taken over after this many seconds.
+    claim_after: float = 15.0
+    #: Replies not delivered within this many seconds are given up (the platform hands
+    #: an unanswered conversation to a human after 5 minutes).
+    reply_deadline: float = 300.0
+    #: This instance's name for its leases (default hostname:port).
+    instance_name: Optional[str] = None
+    #: Contact text starting with "/" is read as an intent only when this is true
+    #: (trusted test channels); otherwise it reaches Rasa as plain text.
+    trust_slash_commands: bool = False
+    #: How long a stopping server lets turns in flight finish (seconds).
+    shutdown_grace: float = 10.0
 
     @property
     def has_api_keys(self) -> bool:
@@ -206,6 +220,12 @@ class Settings:
                 )
             ),
             image_timeout=_number(creds, "image_timeout", 10.0, low=0.1),
+            journal_path=_text(creds, "journal_path") or ".rasa/sparkcentral-journal.sqlite3",
+            claim_after=_number(creds, "claim_after", 15.0, low=0.5),
+            reply_deadline=_number(creds, "reply_deadline", 300.0, low=1.0),
+            instance_name=_text(creds, "instance_name"),
+            trust_slash_commands=_bool(creds, "trust_slash_commands", False),
+            shutdown_grace=_number(creds, "shutdown_grace", 10.0, low=0.0),
         )
 
 

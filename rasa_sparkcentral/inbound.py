@@ -22,6 +22,7 @@ from rasa.core.channels.channel import OutputChannel, UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
 
 from rasa_sparkcentral import buttons as button_list
+from rasa_sparkcentral import slash
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.protocol import (
     ASSIGNMENT_EVENTS,
@@ -113,13 +114,16 @@ class Inbound:
             # by the bot's developer, so it goes to Rasa as it is (``/plan_pro`` is that
             # intent). Kept apart from the contact's own text, which is not trusted so.
             await shown()  # the buttons listed before are answered
-            text = payload
+            text, trusted = payload, True
         else:
             text = answer_text(event.text, await shown())
+            # a numbered answer to buttons the bot showed became that button's payload
+            trusted = text != (event.text or "")
         actions: List[Dict[str, Any]] = []
-        parse_data = None
+        text, parse_data = await self.screen_command(text, trusted=trusted, parse=parse)
         if self.settings.intent_topics and parse is not None and text:
-            parse_data = await parse(text)
+            if parse_data is None:
+                parse_data = await parse(text)
             topic = self.topic_for(parse_data)
             if topic:
                 actions.append({"applyTopics": [topic]})
@@ -130,6 +134,15 @@ class Inbound:
         if event.type == CONVERSATION_DELEGATED:
             return self.settings.conversation_delegated_intent
         return self.settings.conversation_started_intent
+
+    async def screen_command(
+        self, text: str, *, trusted: bool, parse: Optional[Parse]
+    ) -> Tuple[str, Optional[Dict[str, Any]]]:
+        """A contact's text starting with "/" is plain text unless ``trusted`` (a button
+        payload) or the settings trust commands (``slash``)."""
+        if trusted or self.settings.trust_slash_commands or not slash.looks_like_command(text):
+            return text, None
+        return await slash.as_plain_text(text, parse)
 
     def topic_for(self, parse_data: Dict[str, Any]) -> Optional[str]:
         """The topic an NLU result names under ``intent_topics`` (None: no topic)."""

@@ -243,6 +243,29 @@ def parse_timestamp(text: str) -> Optional[float]:
     return seconds
 
 
+#: The longest conversationId accepted (characters).
+MAX_CONVERSATION_ID = 256
+
+
+def check_conversation_id(conversation_id: str) -> None:
+    """A conversationId must be valid UTF-8 (no lone surrogate) and short; it ends up in
+    URLs, keys and log lines."""
+    if len(conversation_id) > MAX_CONVERSATION_ID:
+        raise ProtocolError(f"'conversationId' is longer than {MAX_CONVERSATION_ID} characters")
+    try:
+        conversation_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("'conversationId' is not valid UTF-8") from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_event(body: bytes) -> Event:
     """Parse a webhook body. Unknown event types parse fine (the caller ignores them);
     known ones must carry a string conversation id."""
@@ -265,6 +288,8 @@ def parse_event(body: bytes) -> Event:
     key = payload.get("idempotencyKey")
     if key is not None and not isinstance(key, str):
         raise ProtocolError("'idempotencyKey' is not a string")
+    if key and (len(key) > MAX_CONVERSATION_ID or not _is_utf8(key)):
+        raise ProtocolError("'idempotencyKey' is too long or not valid UTF-8")
     event = Event(
         type=event_type,
         idempotency_key=key or None,
@@ -276,6 +301,7 @@ def parse_event(body: bytes) -> Event:
         conversation_id = data.get("conversationId")
         if not isinstance(conversation_id, str) or not conversation_id.strip():
             raise ProtocolError("event data lacks a 'conversationId'")
+        check_conversation_id(conversation_id)
         if event.type == INBOUND_MESSAGE_RECEIVED:
             message = data.get("message")
             if message is not None and not isinstance(message, dict):

@@ -12,9 +12,12 @@ from typing import Any, Dict, Optional
 
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.protocol import SIGNATURE_HEADERS, Event, ProtocolError, parse_event
+from rasa_sparkcentral.ratelog import BoundedLog
 from rasa_sparkcentral.signature import verify
 
 logger = logging.getLogger(__name__)
+#: Rejections can come in floods: logged at a bounded rate.
+rejected = BoundedLog(logger)
 
 #: Whether an unreadable envelope timestamp was already reported (once per process).
 _unreadable_timestamp_reported = False
@@ -42,13 +45,15 @@ def screen(
     ``signature`` is the value of either signature header (``signature_of(headers)``);
     ``now`` (seconds since the epoch) is for tests."""
     if len(body) > settings.max_body_bytes:
-        logger.warning(
+        rejected.warning(
             "Rejected a webhook of %d bytes (limit %d)", len(body), settings.max_body_bytes
         )
         return Screened(413, {"error": "request body too large"})
     if not verify(settings.shared_secret, body, signature):
-        logger.warning(
-            "Rejected a webhook from %s: missing or invalid signature (%s)",
+        rejected.warning(
+            "Rejected a webhook from %s: missing or invalid signature (%s); if every "
+            "webhook is refused, check shared_secret in credentials.yml against the "
+            "platform's virtual agent settings",
             peer,
             " or ".join(SIGNATURE_HEADERS),
         )
@@ -56,11 +61,11 @@ def screen(
     try:
         event = parse_event(body)
     except ProtocolError as e:
-        logger.warning("Rejected a webhook: %s", e)
+        rejected.warning("Rejected a webhook: %s", e)
         return Screened(400, {"error": str(e)})
     age = event_age(settings, event, time.time() if now is None else now)
     if age is not None:
-        logger.warning(
+        rejected.warning(
             "Rejected a webhook from %s: its timestamp is %.0f s %s (limit %.0f s; "
             "a replayed delivery?)",
             peer,
@@ -70,7 +75,7 @@ def screen(
         )
         return Screened(401, {"error": "stale event"})
     if not event.known:
-        logger.info("Ignored a webhook event of unknown type %r", event.type[:80])
+        rejected.info("Ignored a webhook event of unknown type %r", event.type[:80])
         return Screened(200)
     return Screened(200, event=event)
 

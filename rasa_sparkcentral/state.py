@@ -121,9 +121,10 @@ class RedisState(ChannelState):
     """Shared state in Redis (``redis.asyncio``), keys under ``rasa_sparkcentral:``."""
 
     def __init__(self, url: str, *, dedup_ttl: float) -> None:
-        import redis.asyncio as redis_asyncio  # optional dependency: extra "redis"
+        from rasa_sparkcentral.journal.redis_client import make_client
 
-        self._redis: Any = redis_asyncio.Redis.from_url(url)
+        # short timeouts, a health check and one retry on a broken pooled connection
+        self._redis: Any = make_client(url)
         self._dedup_ttl = max(1, int(dedup_ttl))
         self._conversation_ttl = int(CONVERSATION_TTL)
 

@@ -3,7 +3,8 @@
 Rasa's NLU and policies run on the event loop that also serves ``rasa run``'s HTTP port:
 under load, a webhook there waits for whatever Rasa is computing. With ``webhook_port``
 set, this thread answers the webhook itself (signature, shape, 200) within milliseconds
-whatever the bot is doing, and hands each accepted event to Rasa's loop, in arrival order.
+whatever the bot is doing: each accepted event is recorded in the journal (on this
+thread's loop) before the 200, and Rasa's loop is woken to run it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Callable, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from aiohttp import web
 
@@ -31,17 +32,23 @@ logger = logging.getLogger(__name__)
 class WebhookThread:
     """Serves ``POST /webhooks/sparkcentral/webhook`` on ``host:port`` from a thread.
 
-    ``hand_off(event)`` is called on that thread for every event to handle; it must
-    only schedule work (``loop.call_soon_threadsafe``), never block.
+    ``accept(event, body)`` is awaited on that thread's loop for every event to handle
+    and gives the HTTP status and answer (it records the event; it must not block).
+    ``ready()`` False makes the health check and new webhooks answer 503 (stopping).
     """
 
     def __init__(
-        self, settings: Settings, host: str, port: int, hand_off: Callable[[Event], None]
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        accept: Callable[[Event, bytes], Awaitable[Tuple[int, Dict[str, Any]]]],
     ) -> None:
         self._settings = settings
         self._host = host
         self._port = port
-        self._hand_off = hand_off
+        self._accept = accept
+        self.ready: Callable[[], bool] = lambda: True
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stopped: Optional[asyncio.Event] = None
@@ -105,6 +112,8 @@ class WebhookThread:
             await runner.cleanup()
 
     async def _health(self, request: web.Request) -> web.Response:
+        if not self.ready():
+            return web.json_response({"status": "stopping"}, status=503)
         return web.json_response({"status": "ok", "channel": CHANNEL_NAME})
 
     async def _receive(self, request: web.Request) -> web.Response:
@@ -113,6 +122,7 @@ class WebhookThread:
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "request body too large"}, status=413)
         screened = screen(self._settings, body, signature_of(request.headers), request.remote)
-        if screened.event is not None:
-            self._hand_off(screened.event)
-        return web.json_response(screened.answer, status=screened.status)
+        if screened.event is None:
+            return web.json_response(screened.answer, status=screened.status)
+        status, answer = await self._accept(screened.event, body)
+        return web.json_response(answer, status=status)

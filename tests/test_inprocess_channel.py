@@ -8,9 +8,14 @@ No subprocess: each test takes a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List
 
 import aiohttp
@@ -21,6 +26,7 @@ from sanic import Sanic
 
 from rasa_sparkcentral.channel import SparkcentralInput
 from rasa_sparkcentral.protocol import HEALTH_PATH, INBOUND_MESSAGE_RECEIVED, WEBHOOK_PATH
+from rasa_sparkcentral.testing import processes
 
 # The emulator moves to rasa_sparkcentral.testing.emulator (issue 11): this line follows it.
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
@@ -99,6 +105,8 @@ async def serve() -> AsyncIterator[Serve]:
             "client_secret": emulator.client_secret,
             # fast retries: nothing here fails on purpose
             "backoff_base": 0.01,
+            # each channel its own embedded journal
+            "journal_path": f"{tempfile.mkdtemp(prefix='sc-journal-')}/journal.sqlite3",
         }
         credentials.update(settings)
         channel = SparkcentralInput.from_credentials(credentials)
@@ -240,6 +248,7 @@ async def test_bad_input_is_refused_and_reaches_nothing(serve: Serve) -> None:
     served = await serve(max_body_bytes=2048)
     emu = served.emulator
     cid = (await emu.start_conversation()).conversation_id
+    await idle(served)  # the assignment's turn runs after its 200
     before = list(served.agent.messages)
     data = {"conversationId": cid, "message": {"text": "hi"}}
 
@@ -267,7 +276,43 @@ async def test_health_check(serve: Serve) -> None:
         served.url + HEALTH_PATH
     ) as response:
         assert response.status == 200
-        assert await response.json() == {"status": "ok", "channel": "sparkcentral"}
+        body = await response.json()
+    assert (body["status"], body["channel"]) == ("ok", "sparkcentral")
+    assert body["journal"]["backend"] == "sqlite"
+    assert set(body["journal"]) >= {"accepted", "finished", "replayed", "pending", "failed"}
+    assert set(body["outbox"]) >= {"pending", "sent", "given_up"}
+
+
+async def test_health_counts_what_the_journal_accepted_and_finished(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await emu.contact_says(cid, "hello")
+    await emu.wait_for_bot_messages(cid, 1)
+    await idle(served)
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + HEALTH_PATH
+    ) as response:
+        body = await response.json()
+    assert body["journal"]["accepted"] == body["journal"]["finished"] == 2
+    assert body["journal"]["pending"] == 0
+    assert body["outbox"]["sent"] == 1
+
+
+async def test_a_stopping_channel_is_unready_and_refuses_new_webhooks(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await idle(served)
+    await served.channel.stop_taking_work()
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + HEALTH_PATH
+    ) as response:
+        assert response.status == 503
+        assert await response.json() == {"status": "stopping"}
+    refused = await emu.contact_says(cid, "too late")
+    assert refused.status == 503
+    assert "too late" not in served.agent.texts_of(cid)
 
 
 # ----------------------------------------------------------------------------- webhook_port
@@ -295,3 +340,129 @@ async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve
     texts = await emu.wait_for_bot_messages(cid, 6)
     await idle(served)
     assert emu.bot_texts(cid) == texts == [f"echo: m{i}" for i in range(6)]
+
+
+# ----------------------------------------------------------------------------- issue 13
+
+
+async def test_bad_conversation_ids_are_refused(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    for cid in ["\ud800-lone-surrogate", "x" * 257]:
+        envelope = {
+            "type": INBOUND_MESSAGE_RECEIVED,
+            "idempotencyKey": uuid.uuid4().hex,
+            "data": {"conversationId": cid, "message": {"text": "hi"}},
+        }
+        # a lone surrogate only exists escaped in JSON (json.dumps escapes it)
+        result = await emu.deliver(
+            INBOUND_MESSAGE_RECEIVED, None, raw_body=json.dumps(envelope).encode()
+        )
+        assert result.status == 400
+    longest = "y" * 256
+    accepted = await emu.deliver(
+        INBOUND_MESSAGE_RECEIVED, {"conversationId": longest, "message": {"text": "hi"}}
+    )
+    assert accepted.status == 200
+    await idle(served)
+    assert [m.sender_id for m in served.agent.messages] == [longest]
+
+
+@pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
+async def test_no_200_without_a_record(serve: Serve, port: bool) -> None:
+    """The journal cannot write: 503 (Sparkcentral retries), and nothing runs."""
+    settings: Dict[str, Any] = {}
+    if port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            settings = {"webhook_port": probe.getsockname()[1], "webhook_host": "127.0.0.1"}
+    served = await serve(**settings)
+    emu = served.emulator
+    if port:
+        emu.webhook_url = f"http://127.0.0.1:{settings['webhook_port']}{WEBHOOK_PATH}"
+    cid = (await emu.start_conversation()).conversation_id
+    await idle(served)
+    before = list(served.agent.messages)
+    await served.channel.journal.close()
+    refused = await emu.contact_says(cid, "lost?")
+    assert refused.status == 503
+    await idle(served)
+    assert served.agent.messages == before
+
+
+async def test_slash_text_from_a_contact_is_not_a_command(serve: Serve) -> None:
+    """Without Rasa's NLU at hand (this stand-in agent has none) the text is shielded so
+    that Rasa's regex handler does not read it; with ``trust_slash_commands`` it passes."""
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await emu.contact_says(cid, "/restart")
+    await idle(served)
+    assert served.agent.texts_of(cid)[-1] == "\u200b/restart"
+    trusting = await serve(trust_slash_commands=True)
+    cid = (await trusting.emulator.start_conversation()).conversation_id
+    await trusting.emulator.contact_says(cid, "/restart")
+    await idle(trusting)
+    assert trusting.agent.texts_of(cid)[-1] == "/restart"
+
+
+@pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
+async def test_redis_killed_then_frozen_gives_503s_and_loses_nothing(
+    serve: Serve, tmp_path: Path, port: bool
+) -> None:
+    """The Redis journal's server (append-only file on) is killed, then frozen: every
+    webhook meanwhile gets 503 (none hangs, none gets 200 unrecorded); Sparkcentral's
+    retries afterwards are answered, once each, in order."""
+    redis_port = processes.free_port()
+    redis = processes.redis_server(redis_port, tmp_path / "redis", tmp_path / "redis.log")
+    redis.argv[redis.argv.index("--appendonly") + 1] = "yes"
+    redis.argv += ["--appendfsync", "always"]
+    redis.start()
+    await redis.wait_ready_async()
+    try:
+        settings: Dict[str, Any] = {
+            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            "claim_after": 1.5,
+        }
+        if port:
+            settings.update(webhook_port=processes.free_port(), webhook_host="127.0.0.1")
+        served = await serve(**settings)
+        emu = served.emulator
+        if port:
+            emu.webhook_url = f"http://127.0.0.1:{settings['webhook_port']}{WEBHOOK_PATH}"
+        cid = (await emu.start_conversation()).conversation_id
+        assert (await emu.contact_says(cid, "m0")).status == 200
+        await emu.wait_for_bot_messages(cid, 1)
+        await idle(served)
+
+        async def outage(
+            text: str, begin: Callable[[], None], end: Callable[[], Awaitable[None]]
+        ) -> None:
+            data = {"conversationId": cid, "message": {"text": text}}
+            key = uuid.uuid4().hex
+            begin()
+            refused = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            assert refused.status == 503
+            await end()
+            retried = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            assert retried.status == 200
+
+        async def restart() -> None:
+            redis.stop()
+            redis.start()
+            await redis.wait_ready_async()
+
+        async def thaw() -> None:
+            assert redis.pid is not None
+            os.kill(redis.pid, signal.SIGCONT)
+
+        await outage("m1", lambda: os.killpg(redis.pid or 0, signal.SIGKILL), restart)
+        await outage("m2", lambda: os.kill(redis.pid or 0, signal.SIGSTOP), thaw)
+        await emu.wait_for_bot_messages(cid, 3)
+        await idle(served)
+        assert emu.bot_texts(cid) == ["echo: m0", "echo: m1", "echo: m2"]
+        assert served.agent.texts_of(cid)[-3:] == ["m0", "m1", "m2"]
+    finally:
+        if redis.pid is not None and redis.running:
+            os.kill(redis.pid, signal.SIGCONT)
+        redis.stop()

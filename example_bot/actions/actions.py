@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -12,6 +13,8 @@ BROWSER_LANGUAGE_ATTRIBUTE = "smooch-rtm-browser-language"
 # Where the logo image lives: a CDN in real life; by default the emulator's asset URL.
 LOGO_URL_ENV = "EXAMPLE_BOT_LOGO_URL"
 DEFAULT_LOGO_URL = "http://127.0.0.1:8900/_emulator/assets/logo.png"
+# Seconds action_tell_language waits first (0: none): a slow action server, for tests.
+LANGUAGE_DELAY_ENV = "EXAMPLE_BOT_LANGUAGE_DELAY"
 FALLBACK_TEXT = "I can't tell which language you're using, but I'm happy to continue in English."
 
 
@@ -46,6 +49,9 @@ class ActionTellLanguage(Action):
         tracker: Tracker,
         domain: dict[str, Any],
     ) -> list[dict[str, Any]]:
+        delay = float(os.environ.get(LANGUAGE_DELAY_ENV) or 0)
+        if delay > 0:
+            await asyncio.sleep(delay)
         language = browser_language(tracker.get_slot("sparkcentral_contact_attributes"))
         if language:
             dispatcher.utter_message(text=f"Your browser language is {language}.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -102,6 +103,8 @@ class BotStack:
         self.action: Optional[ManagedProcess] = None
         self._rasa: Optional[ManagedProcess] = None
         self.credentials_path = self.log_dir / name / "credentials.yml"
+        #: this stack's embedded journal (kept across a restart of the same stack)
+        self.journal_path = self.log_dir / name / f"journal-{uuid.uuid4().hex[:8]}.sqlite3"
         self.endpoints_path = self.log_dir / name / "endpoints.yml"
 
     # ------------------------------------------------------------------ what it exposes
@@ -210,6 +213,8 @@ class BotStack:
             "client_id": self.emulator.client_id,
             "client_secret": self.emulator.client_secret,
         }
+        # one embedded journal per bot (two ``rasa run`` in one bot folder cannot share one)
+        settings["journal_path"] = str(self.journal_path)
         settings.update(self.channel_settings)
         path = processes.write_credentials(
             self.credentials_path, rest=self.rest_channel, **settings
