@@ -53,7 +53,8 @@ class RestSink:
     def rest(self) -> RestSink:
         return self
 
-    async def put(self, recipient_id: str, body: Dict[str, Any]) -> None:
+    def for_rest(self, recipient_id: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        """``body`` as the REST API takes it: tag names name this turn's message."""
         body, dropped = tags_for_rest(body, self.inbound_message_id)
         if dropped:
             logger.warning(
@@ -63,6 +64,10 @@ class RestSink:
                 recipient_id,
                 ", ".join(repr(t) for t in dropped),
             )
+        return body
+
+    async def put(self, recipient_id: str, body: Dict[str, Any]) -> None:
+        body = self.for_rest(recipient_id, body)
         if not body:
             return
         if self.client is None:

@@ -63,5 +63,8 @@ class OutboxSink:
     async def put(self, recipient_id: str, body: Dict[str, Any]) -> None:
         if self._rest.gone:
             return
+        body = self._rest.for_rest(recipient_id, body)  # as the REST API takes it
+        if not body:
+            return
         self.count += 1
         await self._enqueue(recipient_id, body, f"{self._key}#{self.count}")

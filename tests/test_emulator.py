@@ -1110,7 +1110,7 @@ async def test_cli_chat_hides_a_normal_token_refresh(
         async with http.post(
             base + TOKEN_PATH,
             auth=aiohttp.BasicAuth(DEFAULT_CLIENT_ID, secret),
-            data={"grant_type": "client_credentials"},
+            data={"grant_type": "client_credentials", "scope": "client-read"},
         ) as r:
             return str((await r.json())["access_token"]) if r.status == 200 else None
 

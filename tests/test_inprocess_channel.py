@@ -30,6 +30,7 @@ from rasa_sparkcentral.testing import processes
 
 # The emulator moves to rasa_sparkcentral.testing.emulator (issue 11): this line follows it.
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing.emulator.contact import build_envelope, encode_envelope
 
 CONVERSATIONS = "/virtual-agent/conversations/"
 
@@ -440,11 +441,21 @@ async def test_redis_killed_then_frozen_gives_503s_and_loses_nothing(
         ) -> None:
             data = {"conversationId": cid, "message": {"text": text}}
             key = uuid.uuid4().hex
+            # one delivery and, after the outage, its retry (same bytes): sent as built
+            # here, so that the emulator's own retry rule does not hand the conversation
+            # over while Redis is down
+            body = encode_envelope(
+                build_envelope(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            )
             begin()
-            refused = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            refused = await emu.deliver(
+                INBOUND_MESSAGE_RECEIVED, None, raw_body=body, idempotency_key=key
+            )
             assert refused.status == 503
             await end()
-            retried = await emu.deliver(INBOUND_MESSAGE_RECEIVED, data, idempotency_key=key)
+            retried = await emu.deliver(
+                INBOUND_MESSAGE_RECEIVED, None, raw_body=body, idempotency_key=key
+            )
             assert retried.status == 200
 
         async def restart() -> None:
