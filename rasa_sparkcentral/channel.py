@@ -4,11 +4,12 @@ Rasa's channel API, the routes and dispatch; each step has its own room:
 webhook → ``screening`` (size, signature, shape) → ``turns`` (``journal`` before the 200,
 ``ordering``, ``inbound`` → Rasa → ``output`` → ``outbox`` → ``sender``, or
 ``webhook_answer`` in reply mode "webhook"; ``webhook_thread``, recovery, health and
-shutdown).
+shutdown). ``preflight`` checks once, after start, that our actions can run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Dict, Optional
 
@@ -25,6 +26,7 @@ from rasa_sparkcentral.journal import Journal
 from rasa_sparkcentral.ordering import Ordering
 from rasa_sparkcentral.outbox import Outbox
 from rasa_sparkcentral.output import SparkcentralOutput
+from rasa_sparkcentral.preflight import check_actions
 from rasa_sparkcentral.protocol import CHANNEL_NAME, Event
 from rasa_sparkcentral.screening import screen
 from rasa_sparkcentral.signature import signature_of
@@ -85,6 +87,7 @@ class SparkcentralInput(InputChannel):
             journal=journal,
             outbox=outbox,
         )
+        self._preflight: Optional[asyncio.Task[Any]] = None
 
     # -- the parts (they live in ``turns``) ---------------------------------------------
 
@@ -154,6 +157,7 @@ class SparkcentralInput(InputChannel):
         @webhook.listener("after_server_start")
         async def recover(app: Any, loop: Any = None) -> None:
             self.turns.start_sweeping()
+            self._preflight = asyncio.get_running_loop().create_task(check_actions(app))
 
         @webhook.listener("before_server_stop")
         async def drain(app: Any, loop: Any = None) -> None:
@@ -201,4 +205,6 @@ class SparkcentralInput(InputChannel):
 
     async def aclose(self) -> None:
         """Close everything; what is unfinished stays in the journal and outbox."""
+        if self._preflight is not None:
+            self._preflight.cancel()
         await self.turns.aclose()
