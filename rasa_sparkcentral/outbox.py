@@ -8,7 +8,8 @@ deadline (the platform's reply timeout, 300 s by default) leaves no room. The se
 holds the conversation's outbox lease (``acquire``) while it sends, so one instance sends
 a conversation's replies, in order.
 
-Backends: SQLite (embedded, on its own thread, like the journal) and Redis (a stream per
+Backends: SQLite (embedded, on its own thread, like the journal, with the unsent items
+also kept in memory so that ``peek`` needs no trip to the thread) and Redis (a stream per
 conversation; attempts in a hash beside it).
 """
 
@@ -20,7 +21,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance
 from rasa_sparkcentral.journal.leases import Lease, Leases, LocalLeases, RedisLeases
@@ -31,6 +32,8 @@ DEFAULT_PATH = Path(".rasa") / "sparkcentral-outbox.sqlite3"
 #: Sparkcentral hands a conversation to a human when the bot has not answered in 5 min.
 REPLY_DEADLINE = 300.0
 REDIS_PREFIX = "rasa_sparkcentral:outbox"
+#: The SQLite outbox forgets source keys older than dedup_ttl after this many puts.
+FORGET_SOURCES_EVERY = 512
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ def _item(row: Any) -> OutboxItem:
 
 
 class SqliteOutbox(Outbox):
+    """The file is this process's alone (like the journal's), so the unsent items are
+    also kept in memory, changed on the SQLite thread right after each commit."""
+
     backend = "sqlite"
 
     def __init__(
@@ -185,78 +191,100 @@ class SqliteOutbox(Outbox):
             LocalLeases(instance, claim_after), reply_deadline=reply_deadline, dedup_ttl=dedup_ttl
         )
         self.db = SqliteThread(path, SCHEMA, "sparkcentral-outbox")
+        #: the unsent items by conversation, oldest first
+        self._queues: Dict[str, List[OutboxItem]] = {}
+        self._puts = 0
 
     async def start(self) -> int:
+        def load(conn: sqlite3.Connection) -> None:
+            self._queues.clear()
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY seq"):
+                item = _item(row)
+                self._queues.setdefault(item.conversation_id, []).append(item)
+
         await self.db.open()
+        await self.db.call(load)
         return await super().start()
+
+    def _replace(self, item: OutboxItem, new: Optional[OutboxItem]) -> None:
+        """Put ``new`` in ``item``'s place in its queue (None: remove it)."""
+        kept: List[OutboxItem] = []
+        for queued in self._queues.get(item.conversation_id, []):
+            if queued.position != item.position:
+                kept.append(queued)
+            elif new is not None:
+                kept.append(new)
+        if kept:
+            self._queues[item.conversation_id] = kept
+        else:
+            self._queues.pop(item.conversation_id, None)
 
     async def put(self, conversation_id: str, bodies: Sequence[bytes], source_key: str) -> bool:
         now = time.time()
         deadline = now + self.reply_deadline
         horizon = now - self.dedup_ttl
-        rows = [(conversation_id, body, source_key, now, deadline) for body in bodies]
+        self._puts += 1
+        forget = self._puts % FORGET_SOURCES_EVERY == 1
 
         def run(conn: sqlite3.Connection) -> bool:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
+            if forget:
+                conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
             fresh = conn.execute(
                 "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (source_key, now),
             ).rowcount
+            items = []
             if fresh:
-                conn.executemany(
-                    "INSERT INTO outbox (conversation_id, body, source_key, created_at, deadline)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
+                for body in bodies:
+                    seq = conn.execute(
+                        "INSERT INTO outbox (conversation_id, body, source_key, created_at,"
+                        " deadline) VALUES (?, ?, ?, ?, ?)",
+                        (conversation_id, body, source_key, now, deadline),
+                    ).lastrowid
+                    items.append(
+                        OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0)
+                    )
             conn.execute("COMMIT")
+            if items:
+                self._queues.setdefault(conversation_id, []).extend(items)
             return bool(fresh)
 
         queued = await self.db.call(run)
         if queued:
-            self._put += len(rows)
+            self._put += len(bodies)
         return queued
 
     async def peek(self, conversation_id: str) -> Optional[OutboxItem]:
-        def run(conn: sqlite3.Connection) -> Optional[OutboxItem]:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE conversation_id = ? ORDER BY seq LIMIT 1",
-                (conversation_id,),
-            ).fetchone()
-            return None if row is None else _item(row)
-
-        return await self.db.call(run)
+        queue = self._queues.get(conversation_id)
+        return queue[0] if queue else None
 
     async def attempted(self, item: OutboxItem) -> OutboxItem:
         seq = int(item.position)
 
-        def run(conn: sqlite3.Connection) -> int:
+        def run(conn: sqlite3.Connection) -> OutboxItem:
             conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
             row = conn.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
-            return item.attempts + 1 if row is None else int(row[0])
+            counted = replace(item, attempts=item.attempts + 1 if row is None else int(row[0]))
+            if row is not None:
+                self._replace(item, counted)
+            return counted
 
-        return replace(item, attempts=await self.db.call(run))
+        return await self.db.call(run)
 
     async def _remove(self, item: OutboxItem) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            return bool(
-                conn.execute("DELETE FROM outbox WHERE seq = ?", (int(item.position),)).rowcount
-            )
+            removed = conn.execute("DELETE FROM outbox WHERE seq = ?", (int(item.position),))
+            self._replace(item, None)
+            return bool(removed.rowcount)
 
         return await self.db.call(run)
 
     async def conversations_with_work(self) -> List[str]:
-        def run(conn: sqlite3.Connection) -> List[str]:
-            return [r[0] for r in conn.execute("SELECT DISTINCT conversation_id FROM outbox")]
-
-        return await self.db.call(run)
+        return [cid for cid, queue in list(self._queues.items()) if queue]
 
     async def pending(self) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            count: int = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            return count
-
-        return await self.db.call(run)
+        return sum(len(queue) for queue in list(self._queues.values()))
 
     async def close(self) -> None:
         await super().close()
