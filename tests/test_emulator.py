@@ -792,6 +792,47 @@ async def test_admin_endpoints(
     assert emu.conversations == {} and emu.calls == []
 
 
+async def test_config_tells_the_platform_and_its_rules(http: aiohttp.ClientSession) -> None:
+    """GET /_emulator/config: what POST may change, and (read-only) what the emulator plays."""
+    classic = SparkcentralEmulator(accept_extended_fields=False, reply_timeout=42.0)
+    inbox2 = SparkcentralEmulator(platform="hootsuite", organization_id="org-9")
+    for emulator in (classic, inbox2):
+        await emulator.start()
+    try:
+        async with http.get(f"{classic.base_url}/_emulator/config") as r:
+            assert r.status == 200
+            seen = await r.json()
+        assert seen == {
+            "webhookUrl": classic.webhook_url,
+            "tokenLifetime": 3600.0,
+            "knownTopics": None,
+            "platform": "sparkcentral",
+            "organizationId": "emulator-org",
+            "successorFields": False,
+            "webhookTimeout": 10.0,
+            "webhookRetries": 3,
+            "webhookRetryBackoffMax": 2.0,
+            "replyTimeout": 42.0,
+            "delegatedQuestionTimeout": 120.0,
+        }
+        async with http.get(f"{inbox2.base_url}/_emulator/config") as r:
+            seen = await r.json()
+        assert (seen["platform"], seen["organizationId"], seen["successorFields"]) == (
+            "hootsuite",
+            "org-9",
+            True,
+        )
+        # POST answers the same view; the platform is not something it changes
+        body = {"knownTopics": ["billing"], "platform": "hootsuite"}
+        async with http.post(f"{classic.base_url}/_emulator/config", json=body) as r:
+            changed = await r.json()
+        assert (changed["knownTopics"], changed["platform"]) == (["billing"], "sparkcentral")
+        assert classic.platform == "sparkcentral"
+    finally:
+        for emulator in (classic, inbox2):
+            await emulator.stop()
+
+
 # --------------------------------------------------------------------------- records
 
 

@@ -14,7 +14,10 @@
 - ``GET  /_emulator/calls?limit=N&path=PREFIX`` -> recorded calls
 - ``GET  /_emulator/stats``
 - ``GET|POST /_emulator/faults`` -> read / update the FaultPlan (see ``FaultPlan.apply_dict``)
-- ``POST /_emulator/config`` ``{webhookUrl?, tokenLifetime?, knownTopics?}``
+- ``GET|POST /_emulator/config`` ``{webhookUrl?, tokenLifetime?, knownTopics?}`` -> those,
+  and read-only what the emulator plays: ``platform``, ``organizationId``,
+  ``successorFields`` and the published rules (``webhookTimeout``, ``webhookRetries``,
+  ``webhookRetryBackoffMax``, ``replyTimeout``, ``delegatedQuestionTimeout``)
 - ``POST /_emulator/reset``
 
 ``webhook`` in answers is ``{status, body, elapsed, idempotencyKey, delivered, applied,
@@ -54,6 +57,15 @@ class EmulatorControl(Protocol):
     token_lifetime: float
     known_topics: Optional[Set[str]]
     faults: FaultPlan
+    organization_id: str
+    webhook_timeout: float
+    webhook_retries: int
+    webhook_retry_backoff_max: float
+    reply_timeout: float
+    delegated_question_timeout: float
+
+    @property
+    def platform(self) -> str: ...
 
     @property
     def start_conversation(self) -> Callable[..., Awaitable[WebhookResult]]: ...
@@ -266,6 +278,22 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
         emu.faults.apply_dict(await body_of(request))
         return emu.faults.to_dict()
 
+    async def get_config(request: web.Request) -> JSONDict:
+        return {
+            "webhookUrl": emu.webhook_url,
+            "tokenLifetime": emu.token_lifetime,
+            "knownTopics": None if emu.known_topics is None else sorted(emu.known_topics),
+            # read-only here: the platform played and its published rules
+            "platform": emu.platform,
+            "organizationId": emu.organization_id,
+            "successorFields": emu.extended_fields,
+            "webhookTimeout": emu.webhook_timeout,
+            "webhookRetries": emu.webhook_retries,
+            "webhookRetryBackoffMax": emu.webhook_retry_backoff_max,
+            "replyTimeout": emu.reply_timeout,
+            "delegatedQuestionTimeout": emu.delegated_question_timeout,
+        }
+
     async def config(request: web.Request) -> JSONDict:
         body = await body_of(request)
         if "webhookUrl" in body:
@@ -275,11 +303,7 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
         if "knownTopics" in body:
             topics = body["knownTopics"]
             emu.known_topics = None if topics is None else {str(t) for t in topics}
-        return {
-            "webhookUrl": emu.webhook_url,
-            "tokenLifetime": emu.token_lifetime,
-            "knownTopics": None if emu.known_topics is None else sorted(emu.known_topics),
-        }
+        return await get_config(request)
 
     async def reset(request: web.Request) -> JSONDict:
         emu.reset()
@@ -299,5 +323,6 @@ def add_admin_routes(app: web.Application, emu: EmulatorControl) -> None:
     app.router.add_get(f"{base}/stats", guarded(stats))
     app.router.add_get(f"{base}/faults", guarded(get_faults))
     app.router.add_post(f"{base}/faults", guarded(set_faults))
+    app.router.add_get(f"{base}/config", guarded(get_config))
     app.router.add_post(f"{base}/config", guarded(config))
     app.router.add_post(f"{base}/reset", guarded(reset))

@@ -71,7 +71,29 @@ const contactName = (conversation) =>
   (conversation.contactProfile && conversation.contactProfile.primaryIdentifier) || "Contact";
 const conversationOf = (path) => (path.match(/\/conversations\/([^/]+)/) || [])[1] || null;
 
+const PLATFORM_NAMES = { sparkcentral: "Sparkcentral (classic)", hootsuite: "Hootsuite Inbox 2.0" };
+// Why a conversation left the bot (the API's handoverReason).
+const HANDOVER_REASONS = {
+  bot: "by the bot",
+  webhook_failed: "webhook failed",
+  reply_timeout: "no bot reply in time",
+  no_question: "no first question",
+};
+
 // ------------------------------------------------------------------ loading
+
+// The platform the emulator plays and its published rules (GET /config), in the top bar.
+async function loadPlatform() {
+  const config = await api("GET", "/config");
+  const box = $("platform");
+  box.textContent = [PLATFORM_NAMES[config.platform] || config.platform,
+    config.platform === "hootsuite" ? `organization ${config.organizationId}`
+      : config.successorFields ? "successor fields on" : "classic fields only"].join(" · ");
+  box.title = `A failed webhook is sent again ${config.webhookRetries} times (answer within ` +
+    `${config.webhookTimeout}s, backoff up to ${config.webhookRetryBackoffMax}s), then handed over. ` +
+    `A contact message the bot leaves unanswered for ${config.replyTimeout}s is handed over, ` +
+    `so is a delegated conversation without a first question within ${config.delegatedQuestionTimeout}s.`;
+}
 
 async function loadList() {
   state.conversations = (await api("GET", "/conversations")).conversations;
@@ -140,6 +162,7 @@ function connect() {
     state.clock = JSON.parse(event.data);
     live.textContent = "live";
     live.classList.add("on");
+    loadPlatform().catch(toast);
     refresh(true);
   });
   source.onmessage = (event) => {
@@ -252,9 +275,10 @@ function renderContactSide() {
 function systemView(entry) {
   const text = entry.text || "";
   const when = wallTime(entry.at);
-  if (text.startsWith("[HANDOVER")) {  // by the bot, or by one of the emulator's rules
-    const why = text === "[HANDOVER -> new queue]" ? "" : ` · ${text.replace(/^\[|\]$/g, "")}`;
-    return el("li", { class: "divider handoff", title: when }, `Handed over to a human agent · New queue${why}`);
+  const handover = text.match(/^\[(.*) -> new queue\]$/);
+  if (handover) {  // by the bot ("[HANDOVER -> new queue]"), or by one of the emulator's rules
+    const why = handover[1] === "HANDOVER" ? "by the bot" : handover[1];
+    return el("li", { class: "divider handoff", title: when }, `Handed over to a human agent · New queue · ${why}`);
   }
   if (text.startsWith("[RESOLVED")) {
     return el("li", { class: "divider resolved", title: when }, text.includes("by the agent") ? "Resolved by the agent" : "Resolved by the bot");
@@ -278,9 +302,11 @@ function renderAgentSide() {
   }
   const name = contactName(conversation);
   const vip = Boolean(conversation.contactProfile && conversation.contactProfile.vip);
+  const reason = conversation.handoverReason;
   $("conversation-head").replaceChildren(el("span", null, name,
     vip ? el("span", { class: "badge vip" }, "VIP") : null,
-    el("span", { class: "badge" }, `queue: ${queue}`), " ",
+    el("span", { class: "badge" }, `queue: ${queue}`),
+    reason ? el("span", { class: "badge reason" }, `handed over: ${HANDOVER_REASONS[reason] || reason}`) : null, " ",
     el("small", null, conversation.conversationId)));
   const cid = conversation.conversationId;
   const rows = conversation.transcript.map((entry) => {
@@ -339,17 +365,19 @@ function renderDetails() {
 
 function renderLog() {
   const rows = [];
-  const keys = new Set();
+  const sends = new Map();  // idempotencyKey -> deliveries seen so far (the same bytes again: a retry)
   for (const hook of state.webhooks) {
     const sent = hook.at - (hook.elapsed || 0);
-    const retry = hook.idempotencyKey && keys.has(hook.idempotencyKey);
-    if (hook.idempotencyKey) keys.add(hook.idempotencyKey);
+    const retry = hook.idempotencyKey ? sends.get(hook.idempotencyKey) || 0 : 0;
+    if (hook.idempotencyKey) sends.set(hook.idempotencyKey, retry + 1);
+    const tries = (hook.attempts || []).length > 1  // a timed-out try has no row of its own
+      ? `tries: ${hook.attempts.map((a) => a.status || "timeout").join(", ")}` : "";
     const detail = [hook.delivered ? `answered in ${Math.round((hook.elapsed || 0) * 1000)} ms` : "not sent (a human has it)",
       hook.applied ? "answer applied" : "", hook.error ? `error: ${hook.error}` : "",
       hook.body !== "" && hook.body !== null && JSON.stringify(hook.body) !== "{}" ? `answer ${short(hook.body)}` : "",
-      hook.idempotencyKey ? `key ${hook.idempotencyKey.slice(0, 8)}` : ""].filter(Boolean).join(" · ");
+      tries, hook.idempotencyKey ? `key ${hook.idempotencyKey.slice(0, 8)}` : ""].filter(Boolean).join(" · ");
     rows.push({ at: sent, cls: `webhook${retry ? " retry" : ""}${hook.delivered && hook.status !== 200 ? " bad" : ""}`,
-      what: `→ ${hook.eventType}`, status: hook.delivered ? hook.status : "—", detail });
+      what: `→ ${hook.eventType}${retry ? ` · retry ${retry}` : ""}`, status: hook.delivered ? hook.status : "—", detail });
   }
   for (const call of state.calls) {
     const target = call.path.includes("/attachments/") ? `attachment ${call.path.split("/").pop()}`
