@@ -60,11 +60,13 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
+from rasa_sparkcentral.inbound import message_metadata  # noqa: E402
 from rasa_sparkcentral.protocol import (  # noqa: E402
     CREDENTIALS_KEY,
-    METADATA_KEY,
     SIGNATURE_HEADER,
     WEBHOOK_PATH,
+    ChannelDetails,
+    parse_event,
 )
 from rasa_sparkcentral.testing import processes  # noqa: E402
 from rasa_sparkcentral.testing.emulator import (  # noqa: E402
@@ -90,6 +92,7 @@ SC_PATH = WEBHOOK_PATH
 REST_PATH = "/webhooks/rest/webhook"
 PROBE_PATH = "/webhooks/bench_probe/"
 REST = "REST"
+REST_MD = "REST + metadata"  # Rasa's REST channel carrying the metadata our channel attaches
 SC = "Sparkcentral"
 SC_PORT = "SC webhook_port"  # the same channel, webhooks sent to its own listener
 
@@ -399,25 +402,20 @@ def started_data(cid: str) -> Dict[str, Any]:
     }
 
 
-def channel_metadata(data: Dict[str, Any]) -> Dict[str, Any]:
-    """The metadata our channel gives Rasa for ``data`` (for the REST control)."""
-    channel = data["channel"]
-    return {
-        METADATA_KEY: {
-            "conversationId": data["conversationId"],
-            "channelId": channel["id"],
-            "channelName": channel["name"],
-            "medium": data["medium"]["id"],
-            "contactProfile": data["contactProfile"],
-            "contactAttributes": data["contactAttributes"],
-        }
-    }
+def channel_metadata(data: Dict[str, Any], text: str = "") -> Dict[str, Any]:
+    """The metadata our channel gives Rasa with a message ``text`` in a conversation
+    started with ``data`` (for the REST controls): built by the channel's own code."""
+    body = encode_envelope(
+        build_envelope(EVENT_INBOUND_MESSAGE_RECEIVED, {**data, "message": {"text": text}})
+    )
+    event = parse_event(body)
+    return message_metadata(ChannelDetails.from_event(event), event)
 
 
 class Load:
     """Drives both channels through one HTTP client session with the same settings."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, rest_metadata: bool = True) -> None:
         self.stack = stack
         self.emu = stack.emulator
         self.watch = ReplyWatch(self.emu)
@@ -433,6 +431,10 @@ class Load:
         self.probe_url = f"{stack.rasa_url}{PROBE_PATH}"
         self.sc_first: Optional[float] = None
         self.sc_last: Optional[float] = None
+        #: the channels the throughput rounds alternate
+        self.channels = [REST] + ([REST_MD] if rest_metadata else []) + [SC]
+        if self.port_url:
+            self.channels.append(SC_PORT)
 
     async def close(self) -> None:
         await self.session.close()
@@ -544,13 +546,29 @@ class Load:
 
     # rounds ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _rest_metadata(
+        contacts: Dict[str, Dict[str, Any]], cid: str, text: str
+    ) -> Optional[Dict[str, Any]]:
+        """What a REST_MD message carries (None: a plain REST message)."""
+        contact = contacts.get(cid)
+        return channel_metadata(contact, text) if contact else None
+
     async def round(self, channel: str, level: Level, index: int) -> RoundResult:
         """Fresh conversations (started untimed), then questions until the round's time is
         up; the rate counts answers while all of them are talking."""
         c = level.concurrency
-        if channel == REST:
+        # REST_MD: each conversation's contact, the same on every message
+        contacts: Dict[str, Dict[str, Any]] = {}
+        if channel in (REST, REST_MD):
             ids = [f"bench-{os.getpid()}-r{index}-{c}-{i}" for i in range(c)]
-            await asyncio.gather(*(self.rest_says(cid, "hi", GREETING) for cid in ids))
+            if channel == REST_MD:
+                contacts = {cid: started_data(cid) for cid in ids}
+            greetings = [
+                self.rest_says(cid, "hi", GREETING, self._rest_metadata(contacts, cid, "hi"))
+                for cid in ids
+            ]
+            await asyncio.gather(*greetings)
         else:
             ids = [new_conversation_id() for _ in range(c)]
             await asyncio.gather(*(self.sc_start(cid) for cid in ids))
@@ -571,8 +589,9 @@ class Load:
                 text, expected = MESSAGES[(offset + turn) % len(MESSAGES)]
                 turn += 1
                 sent = time.perf_counter()
-                if channel == REST:
-                    ack, e2e = math.nan, await self.rest_says(cid, text, expected)
+                if channel in (REST, REST_MD):
+                    metadata = self._rest_metadata(contacts, cid, text)
+                    ack, e2e = math.nan, await self.rest_says(cid, text, expected, metadata)
                 else:
                     url = self.port_url if channel == SC_PORT else None
                     ack, e2e = await self.sc_says(cid, text, expected, url)
@@ -590,7 +609,7 @@ class Load:
         result.rasa_cpu = cpu_seconds(pid) - cpu_before
         result.window_seconds = max(0.0, deadline - steady)
         result.stalls = (await self.probe("stalls")).get("loop_stalls") or {}
-        if channel != REST:
+        if channel not in (REST, REST_MD):
             for cid in ids:
                 self.watch.forget(cid)
                 self.emu.conversations.pop(cid, None)
@@ -643,13 +662,22 @@ class LevelResult:
 Say = Callable[[str], None]
 
 
+ALL_CHANNELS = (REST, REST_MD, SC, SC_PORT)
+CHANNEL_NAMES = {
+    REST: "REST",
+    REST_MD: "REST with the channel's metadata",
+    SC: "Sparkcentral on Rasa's port",
+    SC_PORT: "Sparkcentral on `webhook_port`",
+}
+
+
 async def throughput_phase(load: Load, plan: Plan, lag: LoopLag, say: Say) -> List[LevelResult]:
     results = []
     index = 0
     for level in plan.levels:
         lag.take()
         rounds: List[RoundResult] = []
-        channels = (REST, SC, SC_PORT) if load.port_url else (REST, SC)
+        channels = tuple(c for c in ALL_CHANNELS if c in load.channels)
         for _ in range(plan.pairs):
             for channel in channels:
                 index += 1
@@ -826,6 +854,20 @@ def build_report(
                 f"ratio ≥ {THROUGHPUT_RATIO_TARGET}",
                 ratio >= THROUGHPUT_RATIO_TARGET,
             )
+    if REST_MD in load.channels:
+        for lr in levels:
+            c = lr.level.concurrency
+            md_rate = lr.rate(REST_MD)
+            add(
+                f"Throughput, {plural(c, 'conversation')}, against REST with the same metadata",
+                f"REST with the channel's metadata {md_rate:.1f} msg/s (plain REST "
+                f"{lr.rate(REST):.1f}): Sparkcentral "
+                + ", `webhook_port` ".join(
+                    f"{lr.rate(channel) / md_rate:.3f}" for channel, _ in variants
+                ),
+                "-",
+                None,
+            )
     for channel, label in variants:
         for lr in levels:
             c = lr.level.concurrency
@@ -927,7 +969,9 @@ def build_report(
 
     add(
         "Rasa CPU per message at " + "/".join(str(lr.level.concurrency) for lr in levels),
-        f"REST {cpu(REST)}, Sparkcentral {cpu(SC)}"
+        f"REST {cpu(REST)}, "
+        + (f"REST with the channel's metadata {cpu(REST_MD)}, " if REST_MD in load.channels else "")
+        + f"Sparkcentral {cpu(SC)}"
         + (f", `webhook_port` {cpu(SC_PORT)}" if load.port_url else ""),
         "-",
         None,
@@ -951,11 +995,7 @@ def build_report(
         "Rounds: "
         + ", ".join(f"{lr.level.concurrency} conversations {lr.level.seconds:g} s" for lr in levels)
         + f"; {args.plan.pairs} rounds per channel and level, alternating "
-        + (
-            "REST, Sparkcentral on Rasa's port, Sparkcentral on `webhook_port`"
-            if load.port_url
-            else "REST, Sparkcentral"
-        )
+        + ", ".join(CHANNEL_NAMES[channel] for channel in load.channels)
         + "; fresh conversations each round",
     ]
     if args.channel_class != CREDENTIALS_KEY:
@@ -1057,6 +1097,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="skip the rounds sent to the channel's own listener (webhook_port)",
     )
     parser.add_argument(
+        "--no-rest-metadata",
+        dest="rest_metadata",
+        action="store_false",
+        help="skip the REST rounds that carry the channel's metadata (the control that "
+        "shows what the metadata costs Rasa)",
+    )
+    parser.add_argument(
         "--channel-class",
         default=CREDENTIALS_KEY,
         help="the input channel class to benchmark, e.g. a subclass on PYTHONPATH "
@@ -1104,7 +1151,7 @@ async def main_async(args: argparse.Namespace, command: str) -> int:
     say("starting the emulator, the action server and rasa run (the model loads once)...")
     stack = await start_stack(args, log_dir)
     say(f"servers up in {stack.startup_seconds:.0f} s; rasa pid {stack.rasa_pid}")
-    load = Load(stack)
+    load = Load(stack, rest_metadata=args.rest_metadata)
     lag = LoopLag()
     peak = ConnectionPeak(stack.emulator)
     lag.start()
