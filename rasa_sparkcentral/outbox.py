@@ -21,7 +21,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance
 from rasa_sparkcentral.journal.leases import Lease, Leases, LocalLeases, RedisLeases
@@ -226,33 +226,33 @@ class SqliteOutbox(Outbox):
         self._puts += 1
         forget = self._puts % FORGET_SOURCES_EVERY == 1
 
-        def run(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
+        def run(conn: sqlite3.Connection) -> Tuple[bool, List[OutboxItem]]:
             if forget:
                 conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
             fresh = conn.execute(
                 "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (source_key, now),
             ).rowcount
-            items = []
-            if fresh:
-                for body in bodies:
-                    seq = conn.execute(
-                        "INSERT INTO outbox (conversation_id, body, source_key, created_at,"
-                        " deadline) VALUES (?, ?, ?, ?, ?)",
-                        (conversation_id, body, source_key, now, deadline),
-                    ).lastrowid
-                    items.append(
-                        OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0)
-                    )
-            conn.execute("COMMIT")
-            if items:
-                self._queues.setdefault(conversation_id, []).extend(items)
-            return bool(fresh)
+            items: List[OutboxItem] = []
+            if not fresh:
+                return False, items
+            for body in bodies:
+                seq = conn.execute(
+                    "INSERT INTO outbox (conversation_id, body, source_key, created_at,"
+                    " deadline) VALUES (?, ?, ?, ?, ?)",
+                    (conversation_id, body, source_key, now, deadline),
+                ).lastrowid
+                items.append(
+                    OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0)
+                )
+            return True, items
 
-        queued = await self.db.call(run)
-        if queued:
-            self._put += len(bodies)
+        def keep(outcome: Tuple[bool, List[OutboxItem]]) -> None:
+            if outcome[1]:
+                self._queues.setdefault(conversation_id, []).extend(outcome[1])
+
+        queued, items = await self.db.call(run, after=keep)
+        self._put += len(items)
         return queued
 
     async def peek(self, conversation_id: str) -> Optional[OutboxItem]:
@@ -265,20 +265,16 @@ class SqliteOutbox(Outbox):
         def run(conn: sqlite3.Connection) -> OutboxItem:
             conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
             row = conn.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
-            counted = replace(item, attempts=item.attempts + 1 if row is None else int(row[0]))
-            if row is not None:
-                self._replace(item, counted)
-            return counted
+            return replace(item, attempts=item.attempts + 1 if row is None else int(row[0]))
 
-        return await self.db.call(run)
+        return await self.db.call(run, after=lambda counted: self._replace(item, counted))
 
     async def _remove(self, item: OutboxItem) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             removed = conn.execute("DELETE FROM outbox WHERE seq = ?", (int(item.position),))
-            self._replace(item, None)
             return bool(removed.rowcount)
 
-        return await self.db.call(run)
+        return await self.db.call(run, after=lambda _: self._replace(item, None))
 
     async def conversations_with_work(self) -> List[str]:
         return [cid for cid, queue in list(self._queues.items()) if queue]

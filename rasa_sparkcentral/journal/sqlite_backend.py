@@ -8,14 +8,15 @@ the bot project).
 The file is this process's alone (a lock file keeps others out), so what it holds
 unfinished is also kept in memory, updated by the SQLite thread right after each commit:
 ``unfinished``, ``conversations_with_work`` and ``pending`` read that copy, and a message
-costs two trips to the SQLite thread (``record``, ``finish``) instead of four or five."""
+costs two calls on the SQLite thread (``record``, ``finish``), each a statement or two in a
+transaction shared with whatever else was queued (``sqlite_thread``'s group commit)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from rasa_sparkcentral.journal.base import (
     CLAIM_AFTER,
@@ -113,35 +114,31 @@ class SqliteJournal(Journal):
             )
             return Entry(key, conversation_id, body, str(cursor.lastrowid), token, now)
 
-        def commit(conn: sqlite3.Connection, entry: Optional[Entry]) -> None:
-            conn.execute("COMMIT")
-            if entry is not None:
-                self._keep(entry)
-
-        def run(conn: sqlite3.Connection) -> Accepted:
+        def run(conn: sqlite3.Connection) -> Tuple[Accepted, Optional[Entry]]:
             now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
             entry = insert(conn, now)
-            commit(conn, entry)
             if entry is not None:
-                return Accepted.NEW
+                return Accepted.NEW, entry
             row = conn.execute(
                 "SELECT done, finished_at FROM journal WHERE key = ?", (key,)
             ).fetchone()
             if row is None:  # cannot happen while this thread is the only writer
-                return Accepted.PENDING
+                return Accepted.PENDING, None
             done, finished_at = row
             if not done:
-                return Accepted.PENDING
+                return Accepted.PENDING, None
             if finished_at >= now - ttl:
-                return Accepted.DONE
+                return Accepted.DONE, None
             # a key finished longer ago than dedup_ttl is new again
-            conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM journal WHERE key = ?", (key,))
-            commit(conn, insert(conn, now))
-            return Accepted.NEW
+            return Accepted.NEW, insert(conn, now)
 
-        return await self.db.call(run)
+        def keep(outcome: Tuple[Accepted, Optional[Entry]]) -> None:
+            if outcome[1] is not None:
+                self._keep(outcome[1])
+
+        accepted, _ = await self.db.call(run, after=keep)
+        return accepted
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         return list(self._open.get(conversation_id, ()))[:limit]
@@ -150,17 +147,17 @@ class SqliteJournal(Journal):
         seq = int(entry.position)
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
             changed: int = conn.execute(
                 "UPDATE journal SET done = 1, finished_at = ? WHERE seq = ? AND done = 0",
                 (time.time(), seq),
             ).rowcount
             conn.execute("DELETE FROM journal_bodies WHERE seq = ?", (seq,))
-            conn.execute("COMMIT")
-            self._drop(entry.conversation_id, entry.position)
             return changed
 
-        if await self.db.call(run):
+        def drop(changed: int) -> None:
+            self._drop(entry.conversation_id, entry.position)
+
+        if await self.db.call(run, after=drop):
             self._count_finish(entry, failed)
             self._since_compact += 1
             if self._since_compact >= COMPACT_EVERY:

@@ -1,12 +1,21 @@
-"""One SQLite connection owned by one dedicated thread, callable from any event loop.
+"""One SQLite connection owned by one dedicated thread, callable from any event loop, with
+group commit.
 
-SQLite calls block, so they never run on an event loop: every call is a function of the
-connection, run by a single-worker executor (which also orders them). Rasa's loop and the
-``webhook_port`` listener's loop can both await it. The file is opened in WAL mode with
-``synchronous=NORMAL``: a committed transaction survives the process being killed (it is
-in the WAL, handed to the OS), but the last transactions before an OS crash or power
-loss may be lost (they are fsynced only at checkpoints). A lock file next to the database
-keeps a second process from using it at the same time (leases are in-process).
+SQLite calls block, so they never run on an event loop: ``call(fn)`` queues
+``fn(connection)`` for the connection's own thread and awaits its result. Rasa's loop and
+the ``webhook_port`` listener's loop can both await it. The thread takes every call queued
+by the time it wakes and runs them in ONE transaction (``BEGIN IMMEDIATE`` … ``COMMIT``),
+then hands each loop its results in one wake-up. Under load that saves the bot's event
+loop most of the thread switches (each of which costs a handover of Python's GIL while
+Rasa computes) and the disk most of the commits. A call's results (and its ``after``
+hook, run on the thread) come only once its transaction has committed; if a batch fails,
+its calls are run again one by one, so that one failing call fails alone.
+
+The file is opened in WAL mode with ``synchronous=NORMAL``: a committed transaction
+survives the process being killed (it is in the WAL, handed to the OS), but the last
+transactions before an OS crash or power loss may be lost (they are fsynced only at
+checkpoints). A lock file next to the database keeps a second process from using it at
+the same time (leases are in-process).
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import queue
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Optional, TypeVar, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from rasa_sparkcentral.journal.base import JournalUnavailable, OutageLog
 
@@ -25,20 +37,54 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 2000
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: At most this many calls share a transaction.
+MAX_BATCH = 64
 
 
 class JournalLocked(RuntimeError):
     """Another process has this journal file open."""
 
 
+@dataclass
+class _Call:
+    fn: Callable[[sqlite3.Connection], Any]
+    after: Optional[Callable[[Any], None]]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+#: A call's outcome: (True, result) or (False, the exception it raised).
+_Outcome = Tuple[bool, Any]
+
+
+def _resolve(outcomes: List[Tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    """On the caller's loop: hand each waiting call its outcome."""
+    for future, (ok, value) in outcomes:
+        if future.done():  # the caller gave up waiting (cancelled)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
 class SqliteThread:
     def __init__(self, path: Union[str, Path], schema: str, what: str) -> None:
         self.path = Path(path)
         self._schema = schema
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=what)
+        self._what = what
+        self._queue: queue.SimpleQueue[Optional[_Call]] = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+        self._closed = False
         self._conn: Optional[sqlite3.Connection] = None
         self._lock_file: Optional[IO[str]] = None
         self._outage = OutageLog(what)
+        #: transactions committed and calls run (how well calls are grouped)
+        self.batches = 0
+        self.calls = 0
+
+    # -- on the SQLite thread ---------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,35 +109,65 @@ class SqliteThread:
         conn.executescript(self._schema)
         return conn
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._open()
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            outcomes = self._run_batch(batch)
+            by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[asyncio.Future[Any], _Outcome]]] = (
+                defaultdict(list)
+            )
+            for call, outcome in zip(batch, outcomes):
+                by_loop[call.loop].append((call.future, outcome))
+            for loop, resolved in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, resolved)
+                except RuntimeError:  # that loop is closed: no one waits any more
+                    pass
+            if stop:
+                break
+        self._close_connection()
+
+    def _run_batch(self, batch: List[_Call]) -> List[_Outcome]:
+        """Run the calls in one transaction; after a failure, each in its own."""
         try:
-            return fn(self._conn)
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+            if self._conn is None:
+                self._conn = self._open()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            results = [call.fn(conn) for call in batch]
+            conn.execute("COMMIT")
+        except BaseException as error:  # handed to the caller
+            if self._conn is not None and self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if len(batch) > 1:
+                return [self._run_batch([call])[0] for call in batch]
+            return [(False, error)]
+        self.batches += 1
+        self.calls += len(batch)
+        outcomes: List[_Outcome] = []
+        for call, result in zip(batch, results):
+            if call.after is not None:
+                call.after(result)
+            outcomes.append((True, result))
+        return outcomes
 
-    async def open(self) -> None:
-        await self.call(lambda conn: None)
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(connection)`` on the SQLite thread; storage errors raise JournalUnavailable."""
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self._executor, self._run, fn)
-        except (sqlite3.Error, OSError) as e:
-            self._outage.failed(e)
-            raise JournalUnavailable(f"sqlite {self.path}: {e}") from e
-        except RuntimeError as e:  # the executor was shut down
-            if isinstance(e, JournalLocked):
-                raise
-            raise JournalUnavailable(f"sqlite {self.path}: closed") from e
-        self._outage.succeeded()
-        return result
-
-    def _close(self) -> None:
+    def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -99,10 +175,50 @@ class SqliteThread:
             self._lock_file.close()
             self._lock_file = None
 
-    async def close(self) -> None:
+    # -- on any event loop ------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._serve, name=self._what, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    async def open(self) -> None:
+        await self.call(lambda conn: None)
+
+    async def call(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        after: Optional[Callable[[T], None]] = None,
+    ) -> T:
+        """``fn(connection)`` on the SQLite thread, inside a transaction shared with the
+        calls queued beside it; ``after(result)`` runs on that thread once it committed.
+        Storage errors raise JournalUnavailable."""
+        if self._closed:
+            raise JournalUnavailable(f"sqlite {self.path}: closed")
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Call(fn, after, future, loop))
+        self._ensure_thread()
         try:
-            await loop.run_in_executor(self._executor, self._close)
-        except RuntimeError:
-            return  # closed already
-        self._executor.shutdown(wait=False)
+            result = await future
+        except (sqlite3.Error, OSError) as e:
+            self._outage.failed(e)
+            raise JournalUnavailable(f"sqlite {self.path}: {e}") from e
+        self._outage.succeeded()
+        return result
+
+    async def close(self) -> None:
+        """Finish the queued calls, close the connection, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
