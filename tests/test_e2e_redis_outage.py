@@ -168,7 +168,8 @@ async def test_redis_killed_then_frozen_mid_run(
             killed.ended = time.monotonic()
             redis.start()  # the same port, the same append-only file
             await redis.wait_ready_async()
-            await asyncio.sleep(1.5)
+            # every delivery refused meanwhile has its last retry before the next outage
+            await asyncio.sleep(sum(emu.sender.retry_delays()) + 0.5)
 
             assert redis.pid is not None
             os.kill(redis.pid, signal.SIGSTOP)
@@ -211,7 +212,7 @@ async def test_redis_killed_then_frozen_mid_run(
         await asyncio.gather(*(settle(emu, c.cid, quiet=1.0) for c in contacts))
         for n, contact in enumerate(contacts):
             assert emu.bot_texts(contact.cid) == contact.expected_replies(), f"contact {n}"
-            assert emu.conversation(contact.cid).queue == "bot"
+            assert emu.conversation(contact.cid).queue == "bot", emu.transcript_text(contact.cid)
             tracker = await get_tracker(handle.url, contact.cid, include_events="ALL")
             ids = [e.get("message_id") for e in tracker["events"] if e["event"] == "user"]
             for result, _ in contact.sent:
