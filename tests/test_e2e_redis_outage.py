@@ -19,8 +19,10 @@ channel and nothing else.
 
 The contacts send as Sparkcentral does (the emulator's retry rule: 3 retries with the
 same idempotencyKey, 0.5, 1 and 2 s apart, then the New queue); the outages are shorter
-than that retry span, so every message finally gets its 200. One delivery per outage is
-sent once and never retried (as if the platform had given up on it).
+than that retry span and the freeze begins after the kill's last retry, so every message
+finally gets its 200 and no conversation is handed over. One delivery per outage is sent
+once and never retried (as if the platform had given up on it). The outage leaves no
+traceback in the bot's log.
 """
 
 from __future__ import annotations
