@@ -107,7 +107,10 @@ class ReplySender:
                             continue
                         if item is None:
                             break
-                        await self._send(item)
+                        try:
+                            await self._send(item)
+                        except JournalUnavailable:  # not sent: tried again from the outbox
+                            await asyncio.sleep(RETRY_READ)
                 finally:
                     try:
                         await self.outbox.release(lease)
@@ -143,7 +146,7 @@ class ReplySender:
                     len(item.body),
                     attempt.reason,
                 )
-            await self.outbox.done(item)
+            await self._done(item)
             return
         self.health.failed(attempt.reason)
         item = await self.outbox.attempted(item)
@@ -172,6 +175,16 @@ class ReplySender:
             await asyncio.wait_for(kick.wait(), delay)
         except asyncio.TimeoutError:
             pass
+
+    async def _done(self, item: OutboxItem) -> None:
+        """The platform has the reply: mark it sent, waiting out an outage of the outbox's
+        store (left unmarked, it would be sent again once the store is back)."""
+        while True:
+            try:
+                await self.outbox.done(item)
+                return
+            except JournalUnavailable:
+                await asyncio.sleep(RETRY_READ)
 
     def _wake_waiting(self) -> None:
         self._kick.set()

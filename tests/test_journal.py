@@ -369,3 +369,27 @@ async def test_redis_outage_gives_journal_unavailable_quickly(tmp_path: Path) ->
     finally:
         await journal.close()
         stop_redis(proc)
+
+
+async def test_a_record_a_frozen_redis_runs_after_its_deadline_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A frozen Redis runs the commands waiting in its socket once it thaws. A record the
+    caller gave up on (its webhook got a 503, which the platform may never retry) must
+    leave nothing behind: no entry to run, and its redelivery is new."""
+    proc = start_redis(tmp_path)
+    journal = RedisJournal(f"{proc.url}/0", timeout=1.0)
+    try:
+        assert await journal.record("k1", "c1", b"1") is Accepted.NEW
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        with pytest.raises(JournalUnavailable):
+            await asyncio.wait_for(journal.record("k2", "c1", b"2"), 15)
+        os.kill(proc.pid, signal.SIGCONT)  # the waiting record runs now, too late
+        assert keys(await journal.unfinished("c1")) == ["k1"]
+        assert await journal.conversations_with_work() == ["c1"]
+        assert await journal.record("k2", "c1", b"2") is Accepted.NEW
+        assert keys(await journal.unfinished("c1")) == ["k1", "k2"]
+    finally:
+        await journal.close()
+        stop_redis(proc)

@@ -12,12 +12,23 @@ the stream from its start (finished entries are deleted), with no PEL and no XAC
 Keys carry the conversation id as a hash tag, ``rasa_sparkcentral:journal:{cid}:...``.
 Durability is Redis's: an accepted event is in Redis memory and survives every
 ``rasa run`` crash; surviving a Redis restart needs Redis persistence (AOF).
+
+A record carries a deadline on Redis's clock (the caller's read timeout, less a margin):
+a frozen Redis keeps the command in its socket buffer and would run it once thawed,
+after the webhook was answered 503; past the deadline the script writes nothing, so a
+503 leaves no record behind (a platform that gave up is not answered later), unless the
+answer itself is lost within the last ``LATE_MARGIN`` seconds. The
+clock offset to Redis is learned from the records' answers (the largest of the recent
+measurements, each of which is low by the time the answer took to be read); the first
+record of a process has no deadline.
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Deque, List, Optional
 
 from rasa_sparkcentral.journal.base import (
     CLAIM_AFTER,
@@ -26,6 +37,7 @@ from rasa_sparkcentral.journal.base import (
     Entry,
     Instance,
     Journal,
+    JournalUnavailable,
 )
 from rasa_sparkcentral.journal.leases import RedisLeases
 from rasa_sparkcentral.journal.redis_client import REDIS_TIMEOUT, RedisClients
@@ -34,16 +46,30 @@ PREFIX = "rasa_sparkcentral:journal"
 #: A received key outlives any sensible outage; it is turned into "done" on finish.
 RECEIVED_TTL = 7 * 24 * 3600
 
+#: Seconds before the caller's read timeout after which a record is refused (the answer
+#: must still reach the caller in time).
+LATE_MARGIN = 0.25
+#: The clock offset to Redis is the largest of this many recent measurements (each one is
+#: low by however long the answer took to be read, a busy event loop included).
+OFFSET_SAMPLES = 32
+
 # KEYS: dedup, stream, work set, pending counter
-# ARGV: key, body, accepted_by, accepted_at, conversation id, received ttl
+# ARGV: key, body, accepted_by, accepted_at, conversation id, received ttl,
+#       deadline on Redis's clock (0: none)
+# Returns {state, Redis time}; state 'l': past the deadline, nothing written.
 _RECORD = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local deadline = tonumber(ARGV[7])
+if deadline > 0 and tonumber(now) > deadline then return {'l', now} end
 local state = redis.call('GET', KEYS[1])
-if state then return state end
+if state then return {state, now} end
 redis.call('XADD', KEYS[2], '*', 'k', ARGV[1], 'b', ARGV[2], 'i', ARGV[3], 't', ARGV[4])
 redis.call('SET', KEYS[1], 'r', 'EX', ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[5])
 redis.call('INCR', KEYS[4])
-return 'n'
+return {'n', now}
 """
 # KEYS: dedup, stream, work set, pending counter; ARGV: stream id, dedup ttl, conversation id
 _FINISH = """
@@ -85,6 +111,10 @@ class RedisJournal(Journal):
         self._prefix = prefix
         self._work = f"{prefix}:work"
         self._pending = f"{prefix}:pending"
+        #: Redis's clock minus ours (seconds), as measured by recent records
+        self._offsets: Deque[float] = collections.deque(maxlen=OFFSET_SAMPLES)
+        self._clock_offset: Optional[float] = None
+        self._offsets_lock = threading.Lock()  # Rasa's loop and the webhook thread's
 
     def _stream(self, conversation_id: str) -> str:
         return f"{self._prefix}:{{{conversation_id}}}:events"
@@ -93,7 +123,11 @@ class RedisJournal(Journal):
         return f"{self._prefix}:{{{conversation_id}}}:key:{key}"
 
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
-        state = await self.redis.eval(
+        now = time.time()
+        deadline = 0.0
+        if self._clock_offset is not None:
+            deadline = now + self._clock_offset + self.redis.timeout - LATE_MARGIN
+        state, redis_now = await self.redis.eval(
             _RECORD,
             [
                 self._dedup(conversation_id, key),
@@ -101,8 +135,21 @@ class RedisJournal(Journal):
                 self._work,
                 self._pending,
             ],
-            [key, body, self.instance.token, repr(time.time()), conversation_id, RECEIVED_TTL],
+            [
+                key,
+                body,
+                self.instance.token,
+                repr(now),
+                conversation_id,
+                RECEIVED_TTL,
+                repr(deadline),
+            ],
         )
+        with self._offsets_lock:
+            self._offsets.append(float(redis_now) - time.time())
+            self._clock_offset = max(self._offsets)
+        if state == b"l":  # Redis ran it after we would have given up: nothing written
+            raise JournalUnavailable("redis: the record reached Redis after its deadline")
         outcome = {b"n": Accepted.NEW, b"r": Accepted.PENDING}.get(state, Accepted.DONE)
         return outcome
 
