@@ -185,12 +185,19 @@ class SqliteOutbox(Outbox):
         reply_deadline: float = REPLY_DEADLINE,
         dedup_ttl: float = DEDUP_TTL,
         claim_after: float = CLAIM_AFTER,
+        db: Optional[SqliteThread] = None,
     ) -> None:
+        """``db``: the journal's SQLite thread, to keep the outbox in the journal's file
+        (its calls then share the journal's transactions); else a file of its own."""
         instance = instance or Instance.create()
         super().__init__(
             LocalLeases(instance, claim_after), reply_deadline=reply_deadline, dedup_ttl=dedup_ttl
         )
-        self.db = SqliteThread(path, SCHEMA, "sparkcentral-outbox")
+        if db is None:
+            db = SqliteThread(path, SCHEMA, "sparkcentral-outbox")
+        else:
+            db.add_schema(SCHEMA)
+        self.db = db
         #: the unsent items by conversation, oldest first
         self._queues: Dict[str, List[OutboxItem]] = {}
         self._puts = 0
@@ -424,8 +431,10 @@ def make_outbox(
     reply_deadline: float = REPLY_DEADLINE,
     dedup_ttl: float = DEDUP_TTL,
     claim_after: float = CLAIM_AFTER,
+    sqlite: Optional[SqliteThread] = None,
 ) -> Outbox:
-    """Redis when ``redis_url`` is set, else SQLite at ``path``."""
+    """Redis when ``redis_url`` is set, else SQLite: in the file ``sqlite`` serves (the
+    journal's), or at ``path``."""
     if redis_url:
         return RedisOutbox(
             redis_url,
@@ -440,4 +449,5 @@ def make_outbox(
         reply_deadline=reply_deadline,
         dedup_ttl=dedup_ttl,
         claim_after=claim_after,
+        db=sqlite,
     )

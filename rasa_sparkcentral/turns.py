@@ -34,6 +34,7 @@ from rasa_sparkcentral.journal import (
     Instance,
     Journal,
     JournalUnavailable,
+    SqliteJournal,
     make_journal,
 )
 from rasa_sparkcentral.ordering import Ordering
@@ -133,9 +134,11 @@ class Turns:
                     claim_after=settings.claim_after,
                 )
             if self._outbox is None:
+                # the embedded outbox lives in the journal's file, served by its thread
+                journal = self._journal
                 self._outbox = make_outbox(
                     settings.redis_url,
-                    path=path.with_suffix(".outbox.sqlite3"),
+                    sqlite=journal.db if isinstance(journal, SqliteJournal) else None,
                     instance=instance,
                     reply_deadline=settings.reply_deadline,
                     dedup_ttl=settings.dedup_ttl,

@@ -71,7 +71,7 @@ def _resolve(outcomes: List[Tuple[asyncio.Future[Any], _Outcome]]) -> None:
 class SqliteThread:
     def __init__(self, path: Union[str, Path], schema: str, what: str) -> None:
         self.path = Path(path)
-        self._schema = schema
+        self._schemas = [schema]
         self._what = what
         self._queue: queue.SimpleQueue[Optional[_Call]] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
@@ -106,7 +106,8 @@ class SqliteThread:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        conn.executescript(self._schema)
+        for schema in self._schemas:
+            conn.executescript(schema)
         return conn
 
     def _serve(self) -> None:
@@ -176,6 +177,13 @@ class SqliteThread:
             self._lock_file = None
 
     # -- on any event loop ------------------------------------------------------------
+
+    def add_schema(self, schema: str) -> None:
+        """More tables in the same file (the outbox beside the journal: one thread, one
+        connection, and their calls share transactions). Before the first call only."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.path} is open already: add schemas before the first call")
+        self._schemas.append(schema)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None:
