@@ -134,6 +134,10 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def pending(self) -> int: ...
 
+    async def compact(self) -> int:
+        """Forget source keys older than ``dedup_ttl`` (Redis expires them by itself)."""
+        return 0
+
     async def acquire(self, conversation_id: str) -> Optional[Lease]:
         return await self.leases.acquire(conversation_id)
 
@@ -282,6 +286,15 @@ class SqliteOutbox(Outbox):
             return bool(removed.rowcount)
 
         return await self.db.call(run, after=lambda _: self._replace(item, None))
+
+    async def compact(self) -> int:
+        horizon = time.time() - self.dedup_ttl
+
+        def run(conn: sqlite3.Connection) -> int:
+            removed = conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
+            return int(removed.rowcount)
+
+        return await self.db.call(run)
 
     async def conversations_with_work(self) -> List[str]:
         return [cid for cid, queue in list(self._queues.items()) if queue]
