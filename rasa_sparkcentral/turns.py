@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
@@ -121,6 +122,8 @@ class Turns:
         self._on_new_message = on_new_message
         self._loop = asyncio.get_running_loop()
         settings = self.settings
+        if settings.switch_interval is not None:
+            sys.setswitchinterval(settings.switch_interval)
         if self._journal is None or self._outbox is None:
             port = settings.webhook_port or getattr(getattr(app, "state", None), "port", None)
             instance = Instance.create(settings.instance_name, port or None)

@@ -50,6 +50,7 @@ def test_secrets_stay_out_of_repr() -> None:
         ({**GOOD, "platform": "hootsuite", "organization_id": "1", "region": "eu"}, "region"),
         ({**GOOD, "max_event_age": -1}, "max_event_age"),
         ({**GOOD, "image_max_bytes": 10_000_000}, "image_max_bytes"),
+        ({**GOOD, "switch_interval": 0.5}, "switch_interval"),
     ],
 )
 def test_bad_settings_name_the_key(credentials: dict, key: str) -> None:
@@ -132,3 +133,11 @@ def test_assignment_intents_and_event_age() -> None:
     assert settings.conversation_started_intent == "hello"
     assert settings.conversation_delegated_intent is None
     assert settings.max_event_age == 0
+
+
+def test_switch_interval_comes_with_webhook_port() -> None:
+    assert Settings.from_credentials(GOOD).switch_interval is None
+    port = {**GOOD, "webhook_port": 5056}
+    assert Settings.from_credentials(port).switch_interval == 0.001
+    assert Settings.from_credentials({**port, "switch_interval": 0}).switch_interval is None
+    assert Settings.from_credentials({**GOOD, "switch_interval": 0.002}).switch_interval == 0.002

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -477,3 +478,12 @@ async def test_redis_killed_then_frozen_gives_503s_and_loses_nothing(
         if redis.pid is not None and redis.running:
             os.kill(redis.pid, signal.SIGCONT)
         redis.stop()
+
+
+async def test_the_channel_sets_the_switch_interval_it_is_given(serve: Serve) -> None:
+    before = sys.getswitchinterval()
+    try:
+        await serve(switch_interval=0.0025)
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+    finally:
+        sys.setswitchinterval(before)
