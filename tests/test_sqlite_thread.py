@@ -108,3 +108,23 @@ async def test_the_outbox_lives_in_the_journals_file(tmp_path: Path) -> None:
     finally:
         await again.close()
         await reopened.close()
+
+
+async def test_a_call_alone_runs_outside_the_transaction(tmp_path: Path) -> None:
+    db = SqliteThread(tmp_path / "t.sqlite3", SCHEMA, "test-sqlite")
+    await db.open()
+
+    def checkpoint(conn: sqlite3.Connection) -> bool:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return bool(conn.in_transaction) or bool(busy)
+
+    try:
+        calls = [db.call(insert(n)) for n in range(20)]
+        calls.insert(10, db.call(checkpoint, alone=True))
+        outcomes = await asyncio.gather(*calls)
+        assert outcomes.pop(10) is False  # ran, outside any transaction
+        assert outcomes == list(range(20))
+        with pytest.raises(JournalUnavailable):  # in a transaction a checkpoint fails
+            await db.call(checkpoint)
+    finally:
+        await db.close()

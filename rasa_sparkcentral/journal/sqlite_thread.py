@@ -51,6 +51,8 @@ class _Call:
     after: Optional[Callable[[Any], None]]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    #: run outside any transaction (a checkpoint, VACUUM)
+    alone: bool = False
 
 
 #: A call's outcome: (True, result) or (False, the exception it raised).
@@ -126,7 +128,17 @@ class SqliteThread:
                     stop = True
                     break
                 batch.append(more)
-            outcomes = self._run_batch(batch)
+            outcomes: List[_Outcome] = []
+            group: List[_Call] = []
+            for call in batch:
+                if call.alone:
+                    outcomes += self._run_batch(group) if group else []
+                    outcomes += self._run_alone(call)
+                    group = []
+                else:
+                    group.append(call)
+            if group:
+                outcomes += self._run_batch(group)
             by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[asyncio.Future[Any], _Outcome]]] = (
                 defaultdict(list)
             )
@@ -168,6 +180,18 @@ class SqliteThread:
             outcomes.append((True, result))
         return outcomes
 
+    def _run_alone(self, call: _Call) -> List[_Outcome]:
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+            result = call.fn(self._conn)
+        except BaseException as error:  # handed to the caller
+            return [(False, error)]
+        self.calls += 1
+        if call.after is not None:
+            call.after(result)
+        return [(True, result)]
+
     def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -202,15 +226,17 @@ class SqliteThread:
         fn: Callable[[sqlite3.Connection], T],
         *,
         after: Optional[Callable[[T], None]] = None,
+        alone: bool = False,
     ) -> T:
         """``fn(connection)`` on the SQLite thread, inside a transaction shared with the
-        calls queued beside it; ``after(result)`` runs on that thread once it committed.
-        Storage errors raise JournalUnavailable."""
+        calls queued beside it (``alone``: outside any transaction, e.g. a checkpoint);
+        ``after(result)`` runs on that thread once it committed. Storage errors raise
+        JournalUnavailable."""
         if self._closed:
             raise JournalUnavailable(f"sqlite {self.path}: closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Call(fn, after, future, loop))
+        self._queue.put(_Call(fn, after, future, loop, alone))
         self._ensure_thread()
         try:
             result = await future
