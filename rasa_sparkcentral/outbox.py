@@ -32,8 +32,8 @@ DEFAULT_PATH = Path(".rasa") / "sparkcentral-outbox.sqlite3"
 #: Sparkcentral hands a conversation to a human when the bot has not answered in 5 min.
 REPLY_DEADLINE = 300.0
 REDIS_PREFIX = "rasa_sparkcentral:outbox"
-#: The SQLite outbox forgets source keys older than dedup_ttl after this many puts.
-FORGET_SOURCES_EVERY = 512
+#: The SQLite outbox compacts (forgets source keys older than dedup_ttl) after this many puts.
+COMPACT_EVERY = 512
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class SqliteOutbox(Outbox):
         self.db = db
         #: the unsent items by conversation, oldest first
         self._queues: Dict[str, List[OutboxItem]] = {}
-        self._puts = 0
+        self._since_compact = 0
 
     async def start(self) -> int:
         def load(conn: sqlite3.Connection) -> None:
@@ -233,13 +233,8 @@ class SqliteOutbox(Outbox):
     async def put(self, conversation_id: str, bodies: Sequence[bytes], source_key: str) -> bool:
         now = time.time()
         deadline = now + self.reply_deadline
-        horizon = now - self.dedup_ttl
-        self._puts += 1
-        forget = self._puts % FORGET_SOURCES_EVERY == 1
 
         def run(conn: sqlite3.Connection) -> Tuple[bool, List[OutboxItem]]:
-            if forget:
-                conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
             fresh = conn.execute(
                 "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (source_key, now),
@@ -264,6 +259,9 @@ class SqliteOutbox(Outbox):
 
         queued, items = await self.db.call(run, after=keep)
         self._put += len(items)
+        self._since_compact += 1
+        if self._since_compact >= COMPACT_EVERY:
+            await self.compact()
         return queued
 
     async def peek(self, conversation_id: str) -> Optional[OutboxItem]:
@@ -288,6 +286,7 @@ class SqliteOutbox(Outbox):
         return await self.db.call(run, after=lambda _: self._replace(item, None))
 
     async def compact(self) -> int:
+        self._since_compact = 0
         horizon = time.time() - self.dedup_ttl
 
         def run(conn: sqlite3.Connection) -> int:

@@ -11,6 +11,7 @@ from typing import List
 
 import pytest
 
+from rasa_sparkcentral import outbox as outbox_module
 from rasa_sparkcentral.journal import Accepted, JournalUnavailable, SqliteJournal
 from rasa_sparkcentral.journal.sqlite_thread import SqliteThread
 from rasa_sparkcentral.outbox import SqliteOutbox
@@ -128,3 +129,25 @@ async def test_a_call_alone_runs_outside_the_transaction(tmp_path: Path) -> None
             await db.call(checkpoint)
     finally:
         await db.close()
+
+
+async def test_the_outbox_compacts_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "COMPACT_EVERY", 3)
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3", dedup_ttl=0.2)
+    await outbox.start()
+
+    def sources(conn: sqlite3.Connection) -> List[str]:
+        return [row[0] for row in conn.execute("SELECT source_key FROM outbox_sources")]
+
+    try:
+        await outbox.put("c1", [b"a"], "k1")
+        await outbox.put("c1", [b"b"], "k2")
+        await asyncio.sleep(0.3)  # k1, k2 are older than dedup_ttl now
+        assert sorted(await outbox.db.call(sources)) == ["k1", "k2"]
+        await outbox.put("c1", [b"c"], "k3")  # the third put compacts
+        assert await outbox.db.call(sources) == ["k3"]
+        assert await outbox.pending() == 3  # unsent replies are never compacted
+    finally:
+        await outbox.close()
