@@ -132,13 +132,13 @@ class SqliteThread:
             group: List[_Call] = []
             for call in batch:
                 if call.alone:
-                    outcomes += self._run_batch(group) if group else []
-                    outcomes += self._run_alone(call)
+                    outcomes += self._run(group, transaction=True) if group else []
+                    outcomes += self._run([call], transaction=False)
                     group = []
                 else:
                     group.append(call)
             if group:
-                outcomes += self._run_batch(group)
+                outcomes += self._run(group, transaction=True)
             by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[asyncio.Future[Any], _Outcome]]] = (
                 defaultdict(list)
             )
@@ -153,44 +153,36 @@ class SqliteThread:
                 break
         self._close_connection()
 
-    def _run_batch(self, batch: List[_Call]) -> List[_Outcome]:
-        """Run the calls in one transaction; after a failure, each in its own."""
+    def _run(self, calls: List[_Call], *, transaction: bool) -> List[_Outcome]:
+        """Run the calls in one transaction (``transaction``) or outside any; after a
+        failure, each again on its own, so that one failing call fails alone."""
         try:
             if self._conn is None:
                 self._conn = self._open()
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            results = [call.fn(conn) for call in batch]
-            conn.execute("COMMIT")
+            if transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            results = [call.fn(conn) for call in calls]
+            if transaction:
+                conn.execute("COMMIT")
         except BaseException as error:  # handed to the caller
             if self._conn is not None and self._conn.in_transaction:
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            if len(batch) > 1:
-                return [self._run_batch([call])[0] for call in batch]
+            if len(calls) > 1:
+                return [self._run([call], transaction=transaction)[0] for call in calls]
             return [(False, error)]
-        self.batches += 1
-        self.calls += len(batch)
+        if transaction:
+            self.batches += 1
+        self.calls += len(calls)
         outcomes: List[_Outcome] = []
-        for call, result in zip(batch, results):
+        for call, result in zip(calls, results):
             if call.after is not None:
                 call.after(result)
             outcomes.append((True, result))
         return outcomes
-
-    def _run_alone(self, call: _Call) -> List[_Outcome]:
-        try:
-            if self._conn is None:
-                self._conn = self._open()
-            result = call.fn(self._conn)
-        except BaseException as error:  # handed to the caller
-            return [(False, error)]
-        self.calls += 1
-        if call.after is not None:
-            call.after(result)
-        return [(True, result)]
 
     def _close_connection(self) -> None:
         if self._conn is not None:
