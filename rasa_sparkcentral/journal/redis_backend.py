@@ -113,7 +113,6 @@ class RedisJournal(Journal):
         self._pending = f"{prefix}:pending"
         #: Redis's clock minus ours (seconds), as measured by recent records
         self._offsets: Deque[float] = collections.deque(maxlen=OFFSET_SAMPLES)
-        self._clock_offset: Optional[float] = None
         self._offsets_lock = threading.Lock()  # Rasa's loop and the webhook thread's
 
     def _stream(self, conversation_id: str) -> str:
@@ -125,8 +124,10 @@ class RedisJournal(Journal):
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         now = time.time()
         deadline = 0.0
-        if self._clock_offset is not None:
-            deadline = now + self._clock_offset + self.redis.timeout - LATE_MARGIN
+        with self._offsets_lock:
+            offset = max(self._offsets) if self._offsets else None
+        if offset is not None:
+            deadline = now + offset + self.redis.timeout - LATE_MARGIN
         state, redis_now = await self.redis.eval(
             _RECORD,
             [
@@ -147,7 +148,6 @@ class RedisJournal(Journal):
         )
         with self._offsets_lock:
             self._offsets.append(float(redis_now) - time.time())
-            self._clock_offset = max(self._offsets)
         if state == b"l":  # Redis ran it after we would have given up: nothing written
             raise JournalUnavailable("redis: the record reached Redis after its deadline")
         outcome = {b"n": Accepted.NEW, b"r": Accepted.PENDING}.get(state, Accepted.DONE)
