@@ -178,7 +178,12 @@ class ReplySender:
 
     async def _done(self, item: OutboxItem) -> None:
         """The platform has the reply: mark it sent, waiting out an outage of the outbox's
-        store (left unmarked, it would be sent again once the store is back)."""
+        store (left unmarked, it would be sent again once the store is back).
+
+        The wait has no deadline of its own, on purpose: giving up would send the reply
+        twice. It ends when the store answers or when ``aclose`` cancels the sender after
+        its grace; then the reply stays unmarked and may go out again after a restart,
+        the one duplicate this cannot rule out. The store's outage is logged by the store."""
         while True:
             try:
                 await self.outbox.done(item)

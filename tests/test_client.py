@@ -18,31 +18,15 @@ from rasa_sparkcentral.testing.emulator import (
     SparkcentralEmulator,
 )
 from rasa_sparkcentral.testing.processes import free_port
+from rasa_sparkcentral.testing.receiver import emulator_without_bot
 
 CONVERSATION_PATH = "/virtual-agent/conversations/"
 
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[SparkcentralEmulator]:
-    """An emulator whose webhooks go to a receiver that accepts everything."""
-
-    async def accept(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/webhook", accept)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    emu = SparkcentralEmulator(webhook_url=f"http://127.0.0.1:{port}/webhook")
-    await emu.start()
-    try:
+    async with emulator_without_bot() as emu:
         yield emu
-    finally:
-        await emu.stop()
-        await runner.cleanup()
 
 
 def make_client(emu: SparkcentralEmulator, **overrides: object) -> SparkcentralClient:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
-from aiohttp import web
 
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import Settings
@@ -23,29 +22,13 @@ from rasa_sparkcentral.outbox import RedisOutbox
 from rasa_sparkcentral.sender import ReplySender
 from rasa_sparkcentral.testing import processes
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
+from rasa_sparkcentral.testing.receiver import emulator_without_bot
 
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[SparkcentralEmulator]:
-    """An emulator whose webhooks go to a receiver that accepts everything."""
-
-    async def accept(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/webhook", accept)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = processes.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    emu = SparkcentralEmulator(webhook_url=f"http://127.0.0.1:{port}/webhook")
-    await emu.start()
-    try:
+    async with emulator_without_bot() as emu:
         yield emu
-    finally:
-        await emu.stop()
-        await runner.cleanup()
 
 
 async def test_a_reply_sent_while_redis_is_down_is_not_sent_again(

@@ -11,36 +11,19 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from conftest import emulator_module
 
 from rasa_sparkcentral.client import Outcome, SparkcentralClient
 from rasa_sparkcentral.config import Settings
+from rasa_sparkcentral.testing.receiver import emulator_without_bot
 
 emulator = emulator_module()
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Any]:
-    """An emulator whose webhooks go to a loopback receiver that accepts everything."""
-
-    async def accept(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/webhook", accept)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    server = emulator.SparkcentralEmulator(webhook_url=f"http://127.0.0.1:{port}/webhook")
-    await server.start()
-    try:
+    async with emulator_without_bot() as server:
         yield server
-    finally:
-        await server.stop()
-        await runner.cleanup()
 
 
 def client_for(emu: Any) -> SparkcentralClient:
