@@ -1,6 +1,6 @@
 """Benchmarks: the Sparkcentral channel against Rasa's built-in REST channel, in one run.
 
-    .venv/bin/python benchmarks/run.py            # the full run (about 8 minutes)
+    .venv/bin/python benchmarks/run.py            # the full run (about 10 minutes)
     .venv/bin/python benchmarks/run.py --quick    # a short run (about 1.5 minutes)
 
 Starts the Sparkcentral emulator and the load generator in this process, the example bot's
@@ -9,16 +9,16 @@ the emulator) and Rasa's REST channel, with the same model, loaded once. Then:
 
 1. Throughput and latency. At 1, 10 and 100 concurrent conversations, rounds alternate
    REST, Sparkcentral (webhooks to Rasa's port), Sparkcentral (webhooks to the channel's
-   own ``webhook_port`` listener), REST... Each round starts fresh conversations
-   (untimed); they join 25 ms apart and each asks question after question (closed loop:
+   own ``webhook_port`` listener), REST... Each round starts fresh conversations with
+   the same untimed first turn ("hi"; Sparkcentral: CONVERSATION_STARTED first); they join 25 ms apart and each asks question after question (closed loop:
    the next when the previous answer arrived) until the round's time is up. Every question
    has exactly one deterministic answer, which is checked. A Sparkcentral message is done
    when the emulator received its reply; a REST message when the HTTP response returned.
    Messages/s and latencies are taken while every conversation of the round is talking.
 2. Memory. Rasa's resident memory (``/proc/PID/status`` VmRSS) before and after distinct
    conversations: first a REST control (the same Rasa work without our channel), then
-   10,000 Sparkcentral conversations (CONVERSATION_STARTED each). The channel's caches are
-   read from inside the process by ``benchmarks/bench_probe.py``.
+   10,000 Sparkcentral conversations (CONVERSATION_STARTED and a first message each).
+   The channel's caches are read from inside the process by ``benchmarks/bench_probe.py``.
 3. OAuth2 token requests and TCP connections, counted by the emulator.
 
 Prints one table (each figure next to its target, PASS/MISS) and writes it to
@@ -70,7 +70,6 @@ from rasa_sparkcentral.protocol import (  # noqa: E402
 )
 from rasa_sparkcentral.testing import processes  # noqa: E402
 from rasa_sparkcentral.testing.emulator import (  # noqa: E402
-    EVENT_CONVERSATION_STARTED,
     EVENT_INBOUND_MESSAGE_RECEIVED,
     EmulatorEvent,
     SparkcentralEmulator,
@@ -528,8 +527,10 @@ class Load:
         self.sc_last = at
         return ack, at - started
 
-    async def sc_start(self, cid: str) -> None:
-        """Assign a conversation to the bot, in the emulator too (so replies are taken)."""
+    async def sc_start(self, cid: str, first_turn: bool = False) -> None:
+        """Assign a conversation to the bot, in the emulator too (so replies are taken).
+        ``first_turn``: then, unless the start intent made the bot greet, say "hi" and
+        wait for the greeting (Rasa opens the session in that turn, as in REST's)."""
         reply = self.watch.expect(cid) if self.stack.greets else None
         result = await self.emu.start_conversation(
             cid,
@@ -543,6 +544,8 @@ class Load:
                 await asyncio.wait_for(reply, REPLY_TIMEOUT)
             except asyncio.TimeoutError:
                 raise BenchError(f"Sparkcentral conversation {cid}: no greeting") from None
+        elif first_turn:
+            await self.sc_says(cid, "hi", GREETING)
 
     # rounds ----------------------------------------------------------------------------
 
@@ -570,8 +573,10 @@ class Load:
             ]
             await asyncio.gather(*greetings)
         else:
+            # the same untimed first turn as REST's "hi" (Rasa opens the session there);
+            # a start intent makes CONVERSATION_STARTED that turn
             ids = [new_conversation_id() for _ in range(c)]
-            await asyncio.gather(*(self.sc_start(cid) for cid in ids))
+            await asyncio.gather(*(self.sc_start(cid, first_turn=True) for cid in ids))
             await self.wait_idle()
         await self.probe("stalls")  # reset rasa's loop-stall samples
 
@@ -728,8 +733,9 @@ class MemoryResult:
 
 
 async def memory_phase(load: Load, plan: Plan, say: Say) -> MemoryResult:
-    """Distinct conversations, each one Rasa turn (/restart with the channel's metadata):
-    first over REST (the control), then as CONVERSATION_STARTED over our channel."""
+    """Distinct conversations, each one Rasa turn ("hi" with the channel's metadata,
+    answered by the greeting): first over REST (the control), then over our channel
+    (CONVERSATION_STARTED, then the contact's "hi")."""
 
     async def measure(done: int) -> MemoryPoint:
         await load.wait_idle()
@@ -763,29 +769,21 @@ async def memory_phase(load: Load, plan: Plan, say: Say) -> MemoryResult:
         async def one(i: int) -> None:
             sender = f"bench-{tag}-m{first + i}"
             data = started_data(sender)
-            await load.rest_says(sender, "/restart", None, channel_metadata(data))
+            await load.rest_says(sender, "hi", GREETING, channel_metadata(data, "hi"))
 
         await run_many(count, MEMORY_WINDOW, one)
 
     async def sc_batch(first: int, count: int) -> None:
-        """CONVERSATION_STARTED events, keeping about MEMORY_WINDOW conversations queued
-        in the channel (it answers at once, so its queue is the only back-pressure)."""
-        sent = 0
-        while sent < count:
-            room = MEMORY_WINDOW - await load.pending()
-            if room <= 0:
-                await asyncio.sleep(0.01)
-                continue
-            batch = min(room, count - sent)
-            if load.stack.greets:
-                await asyncio.gather(*(load.sc_start(new_conversation_id()) for _ in range(batch)))
-            else:
-                events = [started_data(new_conversation_id()) for _ in range(batch)]
-                await asyncio.gather(
-                    *(load.sc_post(EVENT_CONVERSATION_STARTED, data) for data in events)
-                )
-            sent += batch
-        load.emu.conversations.clear()
+        """CONVERSATION_STARTED, then "hi" until the greeting came (about MEMORY_WINDOW
+        conversations at once)."""
+
+        async def one(i: int) -> None:
+            cid = new_conversation_id()
+            await load.sc_start(cid, first_turn=True)
+            load.watch.forget(cid)
+            load.emu.conversations.pop(cid, None)
+
+        await run_many(count, MEMORY_WINDOW, one)
         load.watch.counts.clear()
 
     rest = await series(REST, plan.control_conversations, rest_batch)
@@ -957,7 +955,7 @@ def build_report(
             bool(entries) and all(v <= cache_size for v in entries.values()),
         )
         add(
-            "Conversation starts (memory phase, the same /restart turn each)",
+            "Conversation starts (memory phase, the same first turn each)",
             f"REST {rest.conversations / rest.seconds:.1f}/s, Sparkcentral "
             f"{sc.conversations / sc.seconds:.1f}/s",
             "-",
