@@ -10,9 +10,10 @@ the emulator) and Rasa's REST channel, with the same model, loaded once. Then:
 1. Throughput and latency. At 1, 10 and 100 concurrent conversations, rounds alternate
    REST, Sparkcentral (webhooks to Rasa's port), Sparkcentral (webhooks to the channel's
    own ``webhook_port`` listener), REST... Each round starts fresh conversations with
-   the same untimed first turn ("hi"; Sparkcentral: CONVERSATION_STARTED first); they join 25 ms apart and each asks question after question (closed loop:
-   the next when the previous answer arrived) until the round's time is up. Every question
-   has exactly one deterministic answer, which is checked. A Sparkcentral message is done
+   the same untimed first turn ("hi"; Sparkcentral: CONVERSATION_STARTED first); they
+   join 25 ms apart and each asks question after question (closed loop: the next when
+   the previous answer arrived) until the round's time is up. Every question has
+   exactly one deterministic answer, which is checked. A Sparkcentral message is done
    when the emulator received its reply; a REST message when the HTTP response returned.
    Messages/s and latencies are taken while every conversation of the round is talking.
 2. Memory. Rasa's resident memory (``/proc/PID/status`` VmRSS) before and after distinct
