@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -98,11 +96,6 @@ async def serve(port: int, emulator_url: str, busy: float) -> None:
 # ------------------------------------------------------------------ the driving process
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def drive(args: argparse.Namespace) -> List[Dict[str, Any]]:
     import aiohttp
 
@@ -162,7 +155,7 @@ async def drive(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 await emulator.start_conversation(cid)
         await asyncio.gather(*(says(cid, "hi") for cid in ids))  # untimed first turn
         messages = 0
-        cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
+        cpu_before, started = processes.cpu_seconds(server.pid), time.perf_counter()
         deadline = started + args.seconds
 
         async def converse(cid: str) -> None:
@@ -173,7 +166,7 @@ async def drive(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
         await asyncio.gather(*(converse(cid) for cid in ids))
         seconds = time.perf_counter() - started
-        cpu = cpu_seconds(server.pid) - cpu_before
+        cpu = processes.cpu_seconds(server.pid) - cpu_before
         print(
             f"  {channel:<12} {messages / seconds:8.1f} msg/s, server CPU "
             f"{cpu / messages * 1e6:7.0f} µs per message",

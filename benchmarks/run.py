@@ -168,16 +168,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 @dataclass
 class RoundResult:
     channel: str
@@ -583,7 +573,7 @@ class Load:
 
         pid = self.stack.rasa_pid
         result = RoundResult(channel, c)
-        cpu_before = cpu_seconds(pid)
+        cpu_before = processes.cpu_seconds(pid)
         started = time.perf_counter()
         steady = started + (c - 1) * STAGGER  # every conversation is talking from here
         deadline = started + level.seconds  # no new question after this
@@ -612,7 +602,7 @@ class Load:
 
         await asyncio.gather(*(converse(i, cid) for i, cid in enumerate(ids)))
         result.seconds = time.perf_counter() - started
-        result.rasa_cpu = cpu_seconds(pid) - cpu_before
+        result.rasa_cpu = processes.cpu_seconds(pid) - cpu_before
         result.window_seconds = max(0.0, deadline - steady)
         result.stalls = (await self.probe("stalls")).get("loop_stalls") or {}
         if channel not in (REST, REST_MD):

@@ -372,10 +372,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def cpu_seconds(pid: Optional[int]) -> float:
     """User + system CPU time of a process so far (Linux /proc), 0 when unknown."""
+    if pid is None:
+        return 0.0
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return processes.cpu_seconds(pid)
     except (OSError, ValueError, IndexError):
         return 0.0
 

@@ -72,6 +72,13 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def base_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The environment for a child: ours, unbuffered, quiet TensorFlow, no telemetry."""
     env = dict(os.environ)
