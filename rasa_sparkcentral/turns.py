@@ -138,10 +138,12 @@ class Turns:
                 )
             if self._outbox is None:
                 # the embedded outbox lives in the journal's file, served by its thread
+                # (beside the journal's path if the journal given is not the embedded one)
                 journal = self._journal
                 self._outbox = make_outbox(
                     settings.redis_url,
                     sqlite=journal.db if isinstance(journal, SqliteJournal) else None,
+                    path=path.with_suffix(".outbox.sqlite3"),
                     instance=instance,
                     reply_deadline=settings.reply_deadline,
                     dedup_ttl=settings.dedup_ttl,
