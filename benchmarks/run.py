@@ -775,7 +775,6 @@ async def memory_phase(load: Load, plan: Plan, say: Say) -> MemoryResult:
             load.emu.conversations.pop(cid, None)
 
         await run_many(count, MEMORY_WINDOW, one)
-        load.watch.counts.clear()
 
     rest = await series(REST, plan.control_conversations, rest_batch)
     sc = await series(SC, plan.memory_conversations, sc_batch)
