@@ -31,7 +31,12 @@ from typing import Any, Awaitable, Callable, Dict, List, Tuple
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from rasa_sparkcentral.journal import Journal, JournalUnavailable, SqliteJournal  # noqa: E402
+from rasa_sparkcentral.journal import (  # noqa: E402
+    Journal,
+    JournalUnavailable,
+    SqliteJournal,
+    sqlite_worker,
+)
 from rasa_sparkcentral.journal.redis_backend import RedisJournal  # noqa: E402
 from rasa_sparkcentral.outbox import Outbox, RedisOutbox, SqliteOutbox  # noqa: E402
 from rasa_sparkcentral.testing import processes as servers  # noqa: E402
@@ -140,7 +145,7 @@ async def measure_cost(journal: Journal, outbox: Outbox, n: int) -> List[str]:
 async def measure_size_sqlite(journal: SqliteJournal, outbox: SqliteOutbox, n: int) -> List[str]:
     paths = {journal.db.path, outbox.db.path}
     await fill(journal, outbox, n)
-    rows = await journal.db.call(lambda c: c.execute("SELECT COUNT(*) FROM journal").fetchone())
+    rows = (await journal.db.call(sqlite_worker.query, "SELECT COUNT(*) FROM journal"))[0]
     size = sum(sqlite_size(p) for p in paths)
     lines = [
         f"after {n} conversations (3 messages, 2 replies each): {size / 1e6:.1f} MB on disk "

@@ -8,8 +8,8 @@ deadline (the platform's reply timeout, 300 s by default) leaves no room. The se
 holds the conversation's outbox lease (``acquire``) while it sends, so one instance sends
 a conversation's replies, in order.
 
-Backends: SQLite (embedded, on its own thread, like the journal, with the unsent items
-also kept in memory so that ``peek`` needs no trip to the thread) and Redis (a stream per
+Backends: SQLite (embedded, in the journal's worker process, with the unsent items also
+kept in memory so that ``peek`` needs no trip to the worker) and Redis (a stream per
 conversation; attempts in a hash beside it).
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance
 from rasa_sparkcentral.journal.leases import Lease, Leases, LocalLeases, RedisLeases
 from rasa_sparkcentral.journal.redis_client import REDIS_TIMEOUT, RedisClients
-from rasa_sparkcentral.journal.sqlite_thread import SqliteThread
+from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
 
 DEFAULT_PATH = Path(".rasa") / "sparkcentral-outbox.sqlite3"
 #: Sparkcentral hands a conversation to a human when the bot has not answered in 5 min.
@@ -177,7 +177,7 @@ def _item(row: Any) -> OutboxItem:
 
 class SqliteOutbox(Outbox):
     """The file is this process's alone (like the journal's), so the unsent items are
-    also kept in memory, changed on the SQLite thread right after each commit."""
+    also kept in memory, changed when the worker answers that a call committed."""
 
     backend = "sqlite"
 
@@ -189,16 +189,16 @@ class SqliteOutbox(Outbox):
         reply_deadline: float = REPLY_DEADLINE,
         dedup_ttl: float = DEDUP_TTL,
         claim_after: float = CLAIM_AFTER,
-        db: Optional[SqliteThread] = None,
+        db: Optional[SqliteProcess] = None,
     ) -> None:
-        """``db``: the journal's SQLite thread, to keep the outbox in the journal's file
+        """``db``: the journal's SQLite worker, to keep the outbox in the journal's file
         (its calls then share the journal's transactions); else a file of its own."""
         instance = instance or Instance.create()
         super().__init__(
             LocalLeases(instance, claim_after), reply_deadline=reply_deadline, dedup_ttl=dedup_ttl
         )
         if db is None:
-            db = SqliteThread(path, SCHEMA, "sparkcentral-outbox")
+            db = SqliteProcess(path, SCHEMA, "sparkcentral-outbox")
         else:
             db.add_schema(SCHEMA)
         self.db = db
@@ -207,15 +207,20 @@ class SqliteOutbox(Outbox):
         self._since_compact = 0
 
     async def start(self) -> int:
-        def load(conn: sqlite3.Connection) -> None:
-            self._queues.clear()
-            for row in conn.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY seq"):
-                item = _item(row)
-                self._queues.setdefault(item.conversation_id, []).append(item)
-
         await self.db.open()
-        await self.db.call(load)
+        self._reload(await self.db.call(_unsent))
+        self.db.on_new_worker(_unsent, self._reload)
         return await super().start()
+
+    def _reload(self, items: List[OutboxItem]) -> None:
+        self._queues.clear()
+        for item in items:
+            self._keep(item)
+
+    def _keep(self, item: OutboxItem) -> None:
+        queue = self._queues.setdefault(item.conversation_id, [])
+        if all(queued.position != item.position for queued in queue):  # once, even after a reload
+            queue.append(item)
 
     def _replace(self, item: OutboxItem, new: Optional[OutboxItem]) -> None:
         """Put ``new`` in ``item``'s place in its queue (None: remove it)."""
@@ -231,33 +236,20 @@ class SqliteOutbox(Outbox):
             self._queues.pop(item.conversation_id, None)
 
     async def put(self, conversation_id: str, bodies: Sequence[bytes], source_key: str) -> bool:
-        now = time.time()
-        deadline = now + self.reply_deadline
-
-        def run(conn: sqlite3.Connection) -> Tuple[bool, List[OutboxItem]]:
-            fresh = conn.execute(
-                "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (source_key, now),
-            ).rowcount
-            items: List[OutboxItem] = []
-            if not fresh:
-                return False, items
-            for body in bodies:
-                seq = conn.execute(
-                    "INSERT INTO outbox (conversation_id, body, source_key, created_at,"
-                    " deadline) VALUES (?, ?, ?, ?, ?)",
-                    (conversation_id, body, source_key, now, deadline),
-                ).lastrowid
-                items.append(
-                    OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0)
-                )
-            return True, items
-
         def keep(outcome: Tuple[bool, List[OutboxItem]]) -> None:
-            if outcome[1]:
-                self._queues.setdefault(conversation_id, []).extend(outcome[1])
+            for item in outcome[1]:
+                self._keep(item)
 
-        queued, items = await self.db.call(run, after=keep)
+        now = time.time()
+        queued, items = await self.db.call(
+            _put,
+            conversation_id,
+            list(bodies),
+            source_key,
+            now,
+            now + self.reply_deadline,
+            after=keep,
+        )
         self._put += len(items)
         self._since_compact += 1
         if self._since_compact >= COMPACT_EVERY:
@@ -269,31 +261,20 @@ class SqliteOutbox(Outbox):
         return queue[0] if queue else None
 
     async def attempted(self, item: OutboxItem) -> OutboxItem:
-        seq = int(item.position)
+        def count(attempts: Optional[int]) -> None:
+            self._replace(item, _with_attempts(item, attempts))
 
-        def run(conn: sqlite3.Connection) -> OutboxItem:
-            conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
-            row = conn.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
-            return replace(item, attempts=item.attempts + 1 if row is None else int(row[0]))
-
-        return await self.db.call(run, after=lambda counted: self._replace(item, counted))
+        attempts = await self.db.call(_attempted, int(item.position), after=count)
+        return _with_attempts(item, attempts)
 
     async def _remove(self, item: OutboxItem) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            removed = conn.execute("DELETE FROM outbox WHERE seq = ?", (int(item.position),))
-            return bool(removed.rowcount)
-
-        return await self.db.call(run, after=lambda _: self._replace(item, None))
+        return await self.db.call(
+            _delete, int(item.position), after=lambda _: self._replace(item, None)
+        )
 
     async def compact(self) -> int:
         self._since_compact = 0
-        horizon = time.time() - self.dedup_ttl
-
-        def run(conn: sqlite3.Connection) -> int:
-            removed = conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,))
-            return int(removed.rowcount)
-
-        return await self.db.call(run)
+        return await self.db.call(_forget_sources, time.time() - self.dedup_ttl)
 
     async def conversations_with_work(self) -> List[str]:
         return [cid for cid, queue in list(self._queues.items()) if queue]
@@ -304,6 +285,56 @@ class SqliteOutbox(Outbox):
     async def close(self) -> None:
         await super().close()
         await self.db.close()
+
+
+def _with_attempts(item: OutboxItem, attempts: Optional[int]) -> OutboxItem:
+    return replace(item, attempts=item.attempts + 1 if attempts is None else attempts)
+
+
+# -- the statements, run by the SQLite worker (module-level: they are sent by name) --------
+
+
+def _unsent(conn: sqlite3.Connection) -> List[OutboxItem]:
+    return [_item(row) for row in conn.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY seq")]
+
+
+def _put(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    bodies: List[bytes],
+    source_key: str,
+    now: float,
+    deadline: float,
+) -> Tuple[bool, List[OutboxItem]]:
+    fresh = conn.execute(
+        "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING", (source_key, now)
+    ).rowcount
+    items: List[OutboxItem] = []
+    if not fresh:
+        return False, items
+    for body in bodies:
+        seq = conn.execute(
+            "INSERT INTO outbox (conversation_id, body, source_key, created_at, deadline)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, body, source_key, now, deadline),
+        ).lastrowid
+        items.append(OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0))
+    return True, items
+
+
+def _attempted(conn: sqlite3.Connection, seq: int) -> Optional[int]:
+    """The attempts counted for the item (None: it is gone)."""
+    conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+    row = conn.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _delete(conn: sqlite3.Connection, seq: int) -> bool:
+    return bool(conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount)
+
+
+def _forget_sources(conn: sqlite3.Connection, horizon: float) -> int:
+    return int(conn.execute("DELETE FROM outbox_sources WHERE put_at < ?", (horizon,)).rowcount)
 
 
 # KEYS: source marker, stream, work set, pending counter
@@ -443,7 +474,7 @@ def make_outbox(
     reply_deadline: float = REPLY_DEADLINE,
     dedup_ttl: float = DEDUP_TTL,
     claim_after: float = CLAIM_AFTER,
-    sqlite: Optional[SqliteThread] = None,
+    sqlite: Optional[SqliteProcess] = None,
 ) -> Outbox:
     """Redis when ``redis_url`` is set, else SQLite: in the file ``sqlite`` serves (the
     journal's), or at ``path``."""

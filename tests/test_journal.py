@@ -24,9 +24,10 @@ from rasa_sparkcentral.journal import (
     Journal,
     JournalUnavailable,
     SqliteJournal,
+    sqlite_worker,
 )
 from rasa_sparkcentral.journal.redis_backend import RedisJournal
-from rasa_sparkcentral.journal.sqlite_thread import JournalLocked
+from rasa_sparkcentral.journal.sqlite_process import JournalLocked
 from rasa_sparkcentral.testing import processes as servers
 from tests.durable_helpers import Child, redis_proc, start_redis, stop_redis
 
@@ -226,9 +227,7 @@ async def test_finished_keys_are_forgotten_after_dedup_ttl(tmp_path: Path) -> No
         for entry in entries[:9]:
             await journal.finish(entry)
         with_body = await journal.db.call(
-            lambda c: c.execute(
-                "SELECT key FROM journal JOIN journal_bodies USING (seq)"
-            ).fetchall()
+            sqlite_worker.query, "SELECT key FROM journal JOIN journal_bodies USING (seq)"
         )
         assert with_body == [("k9",)]  # bodies go at finish
         assert await journal.record("k0", "c1", b"again") is Accepted.DONE

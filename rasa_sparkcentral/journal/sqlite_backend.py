@@ -1,4 +1,4 @@
-"""The embedded journal: SQLite in WAL mode on one dedicated thread (``sqlite_thread``),
+"""The embedded journal: SQLite in WAL mode in a worker process (``sqlite_process``),
 leases in the process. Bodies live in their own table and are deleted at finish, so their
 pages are freed whole and reused (a body nulled in place would leave a hole per message
 in pages that new rows, appended at the end, never fill). Default path:
@@ -6,10 +6,10 @@ in pages that new rows, appended at the end, never fill). Default path:
 the bot project).
 
 The file is this process's alone (a lock file keeps others out), so what it holds
-unfinished is also kept in memory, updated by the SQLite thread right after each commit:
+unfinished is also kept in memory, updated when the worker answers that a call committed:
 ``unfinished``, ``conversations_with_work`` and ``pending`` read that copy, and a message
-costs two calls on the SQLite thread (``record``, ``finish``), each a statement or two in a
-transaction shared with whatever else was queued (``sqlite_thread``'s group commit)."""
+costs two calls to the worker (``record``, ``finish``), each a statement or two in a
+transaction shared with whatever else reached it (``sqlite_worker``'s group commit)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from rasa_sparkcentral.journal.base import (
     Journal,
 )
 from rasa_sparkcentral.journal.leases import LocalLeases
-from rasa_sparkcentral.journal.sqlite_thread import SqliteThread
+from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
 
 DEFAULT_PATH = Path(".rasa") / "sparkcentral-journal.sqlite3"
 #: Expired keys are deleted after this many finishes (and by ``compact``).
@@ -62,31 +62,27 @@ class SqliteJournal(Journal):
     ) -> None:
         instance = instance or Instance.create()
         super().__init__(instance, LocalLeases(instance, claim_after), dedup_ttl=dedup_ttl)
-        self.db = SqliteThread(path, SCHEMA, "sparkcentral-journal")
+        self.db = SqliteProcess(path, SCHEMA, "sparkcentral-journal")
         self._since_compact = 0
-        #: the unfinished entries by conversation, oldest first (written on the SQLite
-        #: thread after a commit; read anywhere: list and dict operations are atomic)
+        #: the unfinished entries by conversation, oldest first (written on the calling
+        #: loop when the worker answers; read anywhere: list and dict operations are atomic)
         self._open: Dict[str, List[Entry]] = {}
 
     async def start(self) -> int:
-        def load(conn: sqlite3.Connection) -> None:
-            rows = conn.execute(
-                "SELECT j.seq, key, conversation_id, body, accepted_by, accepted_at"
-                " FROM journal j JOIN journal_bodies b ON b.seq = j.seq"
-                " WHERE done = 0 ORDER BY j.seq"
-            )
-            self._open.clear()
-            for seq, key, conversation_id, body, accepted_by, accepted_at in rows:
-                self._keep(
-                    Entry(key, conversation_id, bytes(body), str(seq), accepted_by, accepted_at)
-                )
-
         await self.db.open()
-        await self.db.call(load)
+        self._reload(await self.db.call(_unfinished_entries))
+        self.db.on_new_worker(_unfinished_entries, self._reload)
         return await super().start()
 
+    def _reload(self, entries: List[Entry]) -> None:
+        self._open.clear()
+        for entry in entries:
+            self._keep(entry)
+
     def _keep(self, entry: Entry) -> None:
-        self._open.setdefault(entry.conversation_id, []).append(entry)
+        entries = self._open.setdefault(entry.conversation_id, [])
+        if all(e.position != entry.position for e in entries):  # once, even after a reload
+            entries.append(entry)
 
     def _drop(self, conversation_id: str, position: str) -> None:
         entries = self._open.get(conversation_id)
@@ -99,65 +95,23 @@ class SqliteJournal(Journal):
             self._open.pop(conversation_id, None)
 
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
-        token, ttl = self.instance.token, self.dedup_ttl
-
-        def insert(conn: sqlite3.Connection, now: float) -> Optional[Entry]:
-            cursor = conn.execute(
-                "INSERT INTO journal (key, conversation_id, accepted_by, accepted_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, conversation_id, token, now),
-            )
-            if not cursor.rowcount:
-                return None
-            conn.execute(
-                "INSERT INTO journal_bodies (seq, body) VALUES (?, ?)", (cursor.lastrowid, body)
-            )
-            return Entry(key, conversation_id, body, str(cursor.lastrowid), token, now)
-
-        def run(conn: sqlite3.Connection) -> Tuple[Accepted, Optional[Entry]]:
-            now = time.time()
-            entry = insert(conn, now)
-            if entry is not None:
-                return Accepted.NEW, entry
-            row = conn.execute(
-                "SELECT done, finished_at FROM journal WHERE key = ?", (key,)
-            ).fetchone()
-            if row is None:  # cannot happen while this thread is the only writer
-                return Accepted.PENDING, None
-            done, finished_at = row
-            if not done:
-                return Accepted.PENDING, None
-            if finished_at >= now - ttl:
-                return Accepted.DONE, None
-            # a key finished longer ago than dedup_ttl is new again
-            conn.execute("DELETE FROM journal WHERE key = ?", (key,))
-            return Accepted.NEW, insert(conn, now)
-
         def keep(outcome: Tuple[Accepted, Optional[Entry]]) -> None:
             if outcome[1] is not None:
                 self._keep(outcome[1])
 
-        accepted, _ = await self.db.call(run, after=keep)
+        accepted, _ = await self.db.call(
+            _record, key, conversation_id, body, self.instance.token, self.dedup_ttl, after=keep
+        )
         return accepted
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         return list(self._open.get(conversation_id, ()))[:limit]
 
     async def finish(self, entry: Entry, *, failed: bool = False) -> None:
-        seq = int(entry.position)
-
-        def run(conn: sqlite3.Connection) -> int:
-            changed: int = conn.execute(
-                "UPDATE journal SET done = 1, finished_at = ? WHERE seq = ? AND done = 0",
-                (time.time(), seq),
-            ).rowcount
-            conn.execute("DELETE FROM journal_bodies WHERE seq = ?", (seq,))
-            return changed
-
         def drop(changed: int) -> None:
             self._drop(entry.conversation_id, entry.position)
 
-        if await self.db.call(run, after=drop):
+        if await self.db.call(_finish, int(entry.position), after=drop):
             self._count_finish(entry, failed)
             self._since_compact += 1
             if self._since_compact >= COMPACT_EVERY:
@@ -165,15 +119,7 @@ class SqliteJournal(Journal):
 
     async def compact(self) -> int:
         self._since_compact = 0
-        horizon = time.time() - self.dedup_ttl
-
-        def run(conn: sqlite3.Connection) -> int:
-            removed: int = conn.execute(
-                "DELETE FROM journal WHERE done = 1 AND finished_at < ?", (horizon,)
-            ).rowcount
-            return removed
-
-        return await self.db.call(run)
+        return await self.db.call(_compact, time.time() - self.dedup_ttl)
 
     async def conversations_with_work(self) -> List[str]:
         return [cid for cid, entries in list(self._open.items()) if entries]
@@ -184,3 +130,68 @@ class SqliteJournal(Journal):
     async def close(self) -> None:
         await super().close()
         await self.db.close()
+
+
+# -- the statements, run by the SQLite worker (module-level: they are sent by name) --------
+
+
+def _unfinished_entries(conn: sqlite3.Connection) -> List[Entry]:
+    rows = conn.execute(
+        "SELECT j.seq, key, conversation_id, body, accepted_by, accepted_at"
+        " FROM journal j JOIN journal_bodies b ON b.seq = j.seq"
+        " WHERE done = 0 ORDER BY j.seq"
+    )
+    return [
+        Entry(key, conversation_id, bytes(body), str(seq), accepted_by, accepted_at)
+        for seq, key, conversation_id, body, accepted_by, accepted_at in rows
+    ]
+
+
+def _insert(
+    conn: sqlite3.Connection, key: str, conversation_id: str, body: bytes, token: str, now: float
+) -> Optional[Entry]:
+    cursor = conn.execute(
+        "INSERT INTO journal (key, conversation_id, accepted_by, accepted_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        (key, conversation_id, token, now),
+    )
+    if not cursor.rowcount:
+        return None
+    conn.execute("INSERT INTO journal_bodies (seq, body) VALUES (?, ?)", (cursor.lastrowid, body))
+    return Entry(key, conversation_id, body, str(cursor.lastrowid), token, now)
+
+
+def _record(
+    conn: sqlite3.Connection, key: str, conversation_id: str, body: bytes, token: str, ttl: float
+) -> Tuple[Accepted, Optional[Entry]]:
+    now = time.time()
+    entry = _insert(conn, key, conversation_id, body, token, now)
+    if entry is not None:
+        return Accepted.NEW, entry
+    row = conn.execute("SELECT done, finished_at FROM journal WHERE key = ?", (key,)).fetchone()
+    if row is None:  # cannot happen while the worker is the only writer
+        return Accepted.PENDING, None
+    done, finished_at = row
+    if not done:
+        return Accepted.PENDING, None
+    if finished_at >= now - ttl:
+        return Accepted.DONE, None
+    # a key finished longer ago than dedup_ttl is new again
+    conn.execute("DELETE FROM journal WHERE key = ?", (key,))
+    return Accepted.NEW, _insert(conn, key, conversation_id, body, token, now)
+
+
+def _finish(conn: sqlite3.Connection, seq: int) -> int:
+    changed: int = conn.execute(
+        "UPDATE journal SET done = 1, finished_at = ? WHERE seq = ? AND done = 0",
+        (time.time(), seq),
+    ).rowcount
+    conn.execute("DELETE FROM journal_bodies WHERE seq = ?", (seq,))
+    return changed
+
+
+def _compact(conn: sqlite3.Connection, horizon: float) -> int:
+    removed: int = conn.execute(
+        "DELETE FROM journal WHERE done = 1 AND finished_at < ?", (horizon,)
+    ).rowcount
+    return removed

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, List, Optional, Union
 
 import aiohttp
 
@@ -73,10 +73,33 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (Linux ``/proc``)."""
+    """User + system CPU time so far of a process (all its threads) and of its children,
+    running or ended (``rasa run``'s: the channel's SQLite worker), from Linux ``/proc``."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # utime, stime, and the CPU of the children it has waited for
+    total = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:  # it ended meanwhile
+            pass
+    return total
+
+
+def _children(pid: int) -> List[int]:
+    children: List[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children", encoding="ascii") as listed:
+                children += [int(child) for child in listed.read().split()]
+        except OSError:
+            pass
+    return children
 
 
 def base_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
