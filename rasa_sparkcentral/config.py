@@ -238,9 +238,9 @@ WEBHOOK_PORT_SWITCH_INTERVAL = 0.001
 
 
 def _switch_interval(creds: Mapping[str, Any], webhook_port: Optional[int]) -> Optional[float]:
-    """Seconds, or None to leave Python's own. A webhook answered on its own thread (and
-    the journal's SQLite thread) must get the GIL back from Rasa's computing thread: with
-    Python's 5 ms that wait is most of an acknowledgement under load."""
+    """Seconds, or None to leave Python's own. A webhook answered on its own thread must
+    get the GIL back from Rasa's computing thread: with Python's 5 ms that wait is most of
+    an acknowledgement under load."""
     if "switch_interval" not in creds:
         return WEBHOOK_PORT_SWITCH_INTERVAL if webhook_port else None
     if creds["switch_interval"] in (None, "", 0, "0"):

@@ -144,7 +144,7 @@ class SqliteProcess:
             self._process.poll()  # reap it
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONPATH"] = _import_path()
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER, str(theirs.fileno())],
@@ -264,6 +264,23 @@ class SqliteProcess:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _import_path() -> str:
+    """The worker's PYTHONPATH: where this package is, and the directories this process
+    imports from beside its interpreter's own (a project, a test folder, whose functions
+    may be sent by name); never the interpreter's own (its site-packages), which the
+    worker finds by itself and which must stay after the standard library."""
+    own = [str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    paths: List[str] = []
+    for entry in [str(Path(__file__).resolve().parents[2]), *sys.path]:
+        if not entry:
+            continue
+        resolved = str(Path(entry).resolve())
+        if resolved in paths or any(resolved.startswith(prefix + os.sep) for prefix in own):
+            continue
+        paths.append(resolved)
+    return os.pathsep.join(paths)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
