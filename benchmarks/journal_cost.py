@@ -156,7 +156,7 @@ async def measure_size_sqlite(journal: SqliteJournal, outbox: SqliteOutbox, n: i
     removed = await journal.compact()
     await outbox.compact()
     for db in {journal.db, outbox.db}:
-        await db.call(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), alone=True)
+        await db.call(sqlite_worker.query, "PRAGMA wal_checkpoint(TRUNCATE)", alone=True)
     size = sum(sqlite_size(p) for p in paths)
     lines.append(
         f"once dedup_ttl has passed: compact() removed {removed} keys; {size / 1e6:.1f} MB on "

@@ -143,7 +143,7 @@ class Plan:
 
 
 FULL = Plan(
-    levels=(Level(1, 1.5), Level(10, 3.0), Level(100, 8.0)),
+    levels=(Level(1, 4.0), Level(10, 5.0), Level(100, 8.0)),
     pairs=3,
     memory_conversations=10_000,
     control_conversations=1_000,
