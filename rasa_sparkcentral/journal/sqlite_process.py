@@ -53,6 +53,7 @@ class _Link(asyncio.Protocol):
         self.owner = owner
         self.loop = loop
         self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(_retrieve)  # a link that never connected fails alone
         self.transport: Optional[asyncio.Transport] = None
         self.lost = False
         self.frames = Frames()
@@ -162,19 +163,26 @@ class SqliteProcess:
         worker was started now to replace a dead one."""
         replaced = False
         with self._spawn_lock:
-            if self._process is None or self._process.poll() is not None:
-                self._spawn()
-                self._workers_started += 1
-                replaced = self._workers_started > 1
-            assert self._control is not None
-            ours, theirs = socket.socketpair()
-            try:
-                socket.send_fds(self._control, [b"L"], [theirs.fileno()])
-            except OSError:
-                ours.close()
-                raise
-            finally:
-                theirs.close()
+            for last_try in (False, True):
+                if self._process is None or self._process.poll() is not None:
+                    self._spawn()
+                    self._workers_started += 1
+                    replaced = self._workers_started > 1
+                assert self._control is not None and self._process is not None
+                ours, theirs = socket.socketpair()
+                try:
+                    socket.send_fds(self._control, [b"L"], [theirs.fileno()])
+                    break
+                except OSError:
+                    ours.close()
+                    if last_try:
+                        raise
+                    # its control socket is closed, so the worker is ending (killed, say)
+                    # though not yet reaped: make sure, then start another
+                    self._process.kill()
+                    self._process.wait()
+                finally:
+                    theirs.close()
         ours.setblocking(False)
         return ours, replaced
 
