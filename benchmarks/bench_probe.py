@@ -163,11 +163,14 @@ class BenchProbe(InputChannel):
             if channel is not None:
                 state = channel.state
                 client = channel.client
+                given = channel.turns.given_details  # per process, beside the state
                 report["sparkcentral"] = {
                     "state_type": type(state).__name__,
-                    "cache_entries": state.sizes(),
+                    "cache_entries": {**state.sizes(), "details given": len(given)},
                     "cache_size_setting": channel.settings.cache_size,
-                    "state_bytes": deep_size(state) if request.args.get("deep") else None,
+                    "state_bytes": (
+                        deep_size(state) + deep_size(given) if request.args.get("deep") else None
+                    ),
                     "pending_conversations": channel.pending_conversations,
                     "client": vars(client.stats) if client is not None else None,
                 }

@@ -392,14 +392,17 @@ def started_data(cid: str) -> Dict[str, Any]:
     }
 
 
-def channel_metadata(data: Dict[str, Any], text: str = "") -> Dict[str, Any]:
+def channel_metadata(
+    data: Dict[str, Any], text: str = "", *, with_details: bool = True
+) -> Dict[str, Any]:
     """The metadata our channel gives Rasa with a message ``text`` in a conversation
-    started with ``data`` (for the REST controls): built by the channel's own code."""
+    started with ``data`` (for the REST controls): built by the channel's own code. As
+    the channel does, only a conversation's first message carries the details."""
     body = encode_envelope(
         build_envelope(EVENT_INBOUND_MESSAGE_RECEIVED, {**data, "message": {"text": text}})
     )
     event = parse_event(body)
-    return message_metadata(ChannelDetails.from_event(event), event)
+    return message_metadata(ChannelDetails.from_event(event), event, with_details=with_details)
 
 
 class Load:
@@ -542,11 +545,12 @@ class Load:
 
     @staticmethod
     def _rest_metadata(
-        contacts: Dict[str, Dict[str, Any]], cid: str, text: str
+        contacts: Dict[str, Dict[str, Any]], cid: str, text: str, first: bool = False
     ) -> Optional[Dict[str, Any]]:
-        """What a REST_MD message carries (None: a plain REST message)."""
+        """What a REST_MD message carries (None: a plain REST message): the details with
+        the conversation's ``first`` message, as the channel gives them."""
         contact = contacts.get(cid)
-        return channel_metadata(contact, text) if contact else None
+        return channel_metadata(contact, text, with_details=first) if contact else None
 
     async def round(self, channel: str, level: Level, index: int) -> RoundResult:
         """Fresh conversations (started untimed), then questions until the round's time is
@@ -559,7 +563,9 @@ class Load:
             if channel == REST_MD:
                 contacts = {cid: started_data(cid) for cid in ids}
             greetings = [
-                self.rest_says(cid, "hi", GREETING, self._rest_metadata(contacts, cid, "hi"))
+                self.rest_says(
+                    cid, "hi", GREETING, self._rest_metadata(contacts, cid, "hi", first=True)
+                )
                 for cid in ids
             ]
             await asyncio.gather(*greetings)

@@ -18,8 +18,9 @@ Register them with one line in your actions package::
   (usually its ``initial_value`` in the domain) or ``SPARKCENTRAL_CONTACT_ATTRIBUTES``
   (``"slot:attribute,slot2"``) say.
 - ``action_sparkcentral_channel_details``: fills the ``sparkcentral_*`` slots from the
-  channel details the Sparkcentral channel puts in each message's metadata (use it as
-  the ``action`` of a ``custom`` slot mapping).
+  channel details the Sparkcentral channel gives Rasa in message metadata (use it as the
+  ``action`` of a ``custom`` slot mapping); ``channel_details(tracker)`` reads them in
+  your own actions.
 
 What the platform must do (complete, note, attributes) travels as a custom payload that
 the Sparkcentral output channel (which holds the API keys) carries out after the messages
@@ -51,6 +52,7 @@ __all__ = [
     "ActionResolveConversation",
     "ActionSetSparkcentralContactAttributes",
     "ActionSparkcentralChannelDetails",
+    "channel_details",
     "channel_details_slots",
     "contact_attributes_from_slots",
     "handoff_note",
@@ -436,7 +438,10 @@ def message_slots(block: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _block_of(tracker: Tracker) -> Optional[Dict[str, Any]]:
-    metadata = (tracker.latest_message or {}).get("metadata") or {}
+    return _block_in((tracker.latest_message or {}).get("metadata"))
+
+
+def _block_in(metadata: Any) -> Optional[Dict[str, Any]]:
     block = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
     return block if isinstance(block, dict) else None
 
@@ -444,6 +449,27 @@ def _block_of(tracker: Tracker) -> Optional[Dict[str, Any]]:
 def _has_details(block: Dict[str, Any]) -> bool:
     # a message whose details were lost (no profile, no channel) must not wipe the slots
     return bool(block.get("contactProfile") or block.get("channelId"))
+
+
+def channel_details(tracker: Tracker) -> Optional[Dict[str, Any]]:
+    """The conversation's channel details as the Sparkcentral channel last gave them to
+    Rasa (``conversationId``, ``channelId``, ``channelName``, ``medium``,
+    ``contactProfile``, ``contactAttributes``, ``language``), or None.
+
+    A message carries them in its metadata only when they are new to Rasa (the
+    conversation's first message, an assignment, a change; every message with the
+    channel setting ``details_in_every_message``): this reads the latest message that
+    did, so it also finds them after a restart or a new session that cleared the slots.
+    """
+    block = _block_of(tracker)
+    if block is not None and _has_details(block):
+        return block
+    for event in reversed(tracker.events or []):
+        if isinstance(event, dict) and event.get("event") == "user":
+            earlier = _block_in(event.get("metadata"))
+            if earlier is not None and _has_details(earlier):
+                return earlier
+    return None
 
 
 class ActionSparkcentralChannelDetails(Action):
@@ -463,7 +489,8 @@ class ActionSparkcentralChannelDetails(Action):
         block = _block_of(tracker)
         if block is None:
             return []
-        values = channel_details_slots(block) if _has_details(block) else {}
+        details = channel_details(tracker)
+        values = channel_details_slots(details) if details is not None else {}
         values.update(message_slots(block))
         declared = domain.get("slots") or {}
         return [

@@ -32,7 +32,7 @@ from rasa_sparkcentral.protocol import (
     ChannelDetails,
     Event,
 )
-from rasa_sparkcentral.state import ChannelState
+from rasa_sparkcentral.state import ChannelState, TTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +184,22 @@ async def channel_details(state: ChannelState, event: Event) -> Tuple[ChannelDet
     return details, known
 
 
-def message_metadata(details: ChannelDetails, event: Event) -> Dict[str, Any]:
-    """``UserMessage.metadata`` for the messages of ``event``: the channel details, and
-    what the event says about the contact's message (None or empty where it says nothing):
-    ``messageId``, ``payload`` (of the quick reply or postback button pressed),
-    ``topics`` (``conversationTopics``), ``trigger`` (``{type, action}``: the post, reel
-    or story the message answers) and ``language``."""
-    block = details.to_dict()
+#: The keys of a metadata block that describe the message rather than the conversation.
+MESSAGE_KEYS = ("conversationId", "messageId", "payload", "topics", "trigger", "language")
+
+
+def message_metadata(
+    details: ChannelDetails, event: Event, *, with_details: bool = True
+) -> Dict[str, Any]:
+    """``UserMessage.metadata`` for the messages of ``event``: what the event says about
+    the contact's message (None or empty where it says nothing): ``messageId``,
+    ``payload`` (of the quick reply or postback button pressed), ``topics``
+    (``conversationTopics``), ``trigger`` (``{type, action}``: the post, reel or story the
+    message answers) and ``language``, with ``conversationId``; and, ``with_details``, the
+    channel details (``ChannelDetails.to_dict``)."""
+    block: Dict[str, Any] = (
+        details.to_dict() if with_details else {"conversationId": details.conversation_id}
+    )
     block.update(
         messageId=event.message_id,
         payload=event.payload,
@@ -199,6 +208,37 @@ def message_metadata(details: ChannelDetails, event: Event) -> Dict[str, Any]:
         language=event.language or details.language,
     )
     return {METADATA_KEY: block}
+
+
+class GivenDetails:
+    """Which channel details this process last gave Rasa in full, per conversation (a
+    bounded LRU of fingerprints), so that a message repeats them only when they are new
+    to Rasa: the first message this process hands Rasa in a conversation, and the first
+    after they changed (an assignment, a refresh). Every other message's block carries
+    only what the message says; the slots (and ``actions.channel_details``) keep them.
+
+    Each message carried the whole block before. Rasa stores a message's metadata twice
+    (in the event and its parse data) and re-reads the whole tracker several times per
+    turn, so about 1.2 KB per message made a long conversation's turns measurably slower.
+    """
+
+    def __init__(self, max_size: int, ttl: float) -> None:
+        self._given: TTLCache[int] = TTLCache(max_size, ttl)
+
+    @staticmethod
+    def _fingerprint(details: ChannelDetails) -> int:
+        return hash(repr(details))
+
+    def are_new(self, details: ChannelDetails) -> bool:
+        """Whether Rasa has not been given ``details`` in this conversation yet."""
+        return self._given.get(details.conversation_id) != self._fingerprint(details)
+
+    def given(self, details: ChannelDetails) -> None:
+        """Rasa handled a message carrying ``details`` in full."""
+        self._given.set(details.conversation_id, self._fingerprint(details))
+
+    def __len__(self) -> int:
+        return len(self._given)
 
 
 def session_is_live(agent: Any, conversation_id: str) -> SessionIsLive:

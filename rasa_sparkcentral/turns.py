@@ -23,6 +23,7 @@ from rasa.core.channels.channel import UserMessage
 from rasa_sparkcentral.client import SparkcentralClient
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.inbound import (
+    GivenDetails,
     Inbound,
     channel_details,
     message_metadata,
@@ -44,7 +45,7 @@ from rasa_sparkcentral.output import RestSink, Sink, SparkcentralOutput
 from rasa_sparkcentral.protocol import CHANNEL_NAME, Event, ProtocolError, parse_event
 from rasa_sparkcentral.recovery import OutboxSink, already_handled
 from rasa_sparkcentral.sender import ReplySender
-from rasa_sparkcentral.state import ChannelState
+from rasa_sparkcentral.state import CONVERSATION_TTL, ChannelState
 from rasa_sparkcentral.webhook_answer import WebhookAnswer
 from rasa_sparkcentral.webhook_thread import WebhookThread
 
@@ -103,6 +104,8 @@ class Turns:
         self._attempted: Set[str] = set()
         self.stopping = False
         self.skipped_replays = 0
+        #: the channel details each conversation's messages last gave Rasa in full
+        self.given_details = GivenDetails(settings.cache_size, CONVERSATION_TTL)
 
     @property
     def journal(self) -> Journal:
@@ -277,9 +280,11 @@ class Turns:
     async def _turn(self, event: Event, output: SparkcentralOutput, agent: Any) -> None:
         conversation_id = event.conversation_id
         details, known = await channel_details(self.state, event)
+        given = self.given_details
+        with_details = self.settings.details_in_every_message or given.are_new(details)
         planned = await self.inbound.turn(
             event,
-            metadata=message_metadata(details, event),
+            metadata=message_metadata(details, event, with_details=with_details),
             output=output,
             shown=shown_buttons(self.state, agent, conversation_id, known),
             parse=getattr(agent, "parse_message", None),
@@ -290,6 +295,8 @@ class Turns:
         assert self._on_new_message is not None
         for message in planned.messages:
             await self._on_new_message(message)
+        if with_details and planned.messages:
+            given.given(details)  # Rasa has them (a failed turn gives them again)
 
     async def _enqueue_reply(self, conversation_id: str, body: Dict[str, Any], key: str) -> None:
         """Put one reply into the outbox (waiting out a short outage), then wake the

@@ -162,3 +162,69 @@ async def test_channel_details_without_profile_keep_slots(
     )
     result = await run_action(executor, call)
     assert result is not None and result["events"] == []
+
+
+def _user_event(block: Dict[str, Any]) -> Dict[str, Any]:
+    return {"event": "user", "text": "x", "metadata": {METADATA_KEY: block}, "parse_data": {}}
+
+
+SLIM = {"conversationId": "conv-1", "messageId": "m-9", "topics": [], "trigger": None}
+
+
+async def test_a_message_without_details_fills_the_slots_from_the_latest_that_had_them(
+    executor: ActionExecutor,
+) -> None:
+    """Only messages whose details are new to Rasa carry them: after a restart or a new
+    session cleared the slots, the details come from the latest earlier message."""
+    older = {**DETAILS, "medium": "sms"}
+    message_slots = {"sparkcentral_topics": {}, "sparkcentral_trigger": {}}
+    call = _call(
+        "action_sparkcentral_channel_details",
+        metadata={METADATA_KEY: SLIM},
+        domain={"slots": {**ALL_SLOTS, **message_slots}},
+        slots={"sparkcentral_trigger": {"type": "POST", "action": "REPLY"}},
+    )
+    call["tracker"]["events"] = [
+        _user_event(older),
+        _user_event(DETAILS),
+        {"event": "restart"},
+        _user_event(SLIM),
+    ]
+    result = await run_action(executor, call)
+    assert result is not None
+    slots = {e["name"]: e["value"] for e in result["events"]}
+    assert slots["sparkcentral_medium"] == "twit"  # the latest, not the older
+    assert slots["sparkcentral_vip"] is True
+    assert slots["sparkcentral_channel_details"] == DETAILS
+    assert slots["sparkcentral_topics"] == [] and slots["sparkcentral_trigger"] is None
+
+
+async def test_a_message_without_details_changes_no_slot_that_holds_them(
+    executor: ActionExecutor,
+) -> None:
+    held = actions.channel_details_slots(DETAILS)
+    call = _call(
+        "action_sparkcentral_channel_details",
+        metadata={METADATA_KEY: SLIM},
+        domain={"slots": ALL_SLOTS},
+        slots={**held, "sparkcentral_topics": [], "sparkcentral_trigger": None},
+    )
+    call["tracker"]["events"] = [_user_event(DETAILS), _user_event(SLIM)]
+    result = await run_action(executor, call)
+    assert result is not None and result["events"] == []
+
+
+def test_channel_details_reads_the_current_message_first() -> None:
+    from rasa_sdk import Tracker
+
+    def tracker(latest: Dict[str, Any], events: Any) -> Tracker:
+        return Tracker(
+            "conv-1", {}, {"metadata": {METADATA_KEY: latest}}, events, False, None, {}, ""
+        )
+
+    newer = {**DETAILS, "channelName": "Renamed"}
+    assert actions.channel_details(tracker(newer, [_user_event(DETAILS)])) == newer
+    assert actions.channel_details(tracker(SLIM, [_user_event(DETAILS), _user_event(SLIM)])) == (
+        DETAILS
+    )
+    assert actions.channel_details(tracker(SLIM, [_user_event(SLIM)])) is None

@@ -63,6 +63,8 @@ class StandInAgent:
 
     async def _reply(self, message: UserMessage, text: str) -> None:
         output = message.output_channel
+        if text == "boom":
+            raise RuntimeError("the stand-in fails this turn on purpose")
         if text.startswith("wait "):
             _, seconds, text = text.split(" ", 2)
             await asyncio.sleep(float(seconds))
@@ -406,6 +408,55 @@ async def test_slash_text_from_a_contact_is_not_a_command(serve: Serve) -> None:
     await trusting.emulator.contact_says(cid, "/restart")
     await idle(trusting)
     assert trusting.agent.texts_of(cid)[-1] == "/restart"
+
+
+def _carries_details(message: UserMessage) -> bool:
+    block = (message.metadata or {})["sparkcentral"]
+    assert block["conversationId"] == message.sender_id and "messageId" in block
+    return "contactProfile" in block
+
+
+async def test_only_messages_whose_details_are_new_to_rasa_carry_them(serve: Serve) -> None:
+    served = await serve()
+    emu = served.emulator
+    cid = (await emu.start_conversation(name="Anna")).conversation_id
+    for text in ("one", "two"):
+        await emu.contact_says(cid, text)
+    # Inbox 2.0 repeats the details with each message: a changed profile is new to Rasa
+    changed = {"conversationId": cid, "message": {"text": "three"}, "contactProfile": {"id": "p2"}}
+    assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, changed)).status == 200
+    changed["message"] = {"text": "four"}  # the same again: not new
+    assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, changed)).status == 200
+    await emu.hand_back(cid)  # an assignment: details given again
+    await emu.contact_says(cid, "five")
+    await idle(served)
+    messages = [m for m in served.agent.messages if m.sender_id == cid]
+    assert [(m.text, _carries_details(m)) for m in messages] == [
+        ("/restart", True),
+        ("one", False),
+        ("two", False),
+        ("three", True),
+        ("four", False),
+        ("/restart", True),
+        ("five", False),
+    ]
+    assert messages[3].metadata["sparkcentral"]["contactProfile"] == {"id": "p2"}
+
+    # a turn that failed may not have given them: the next message carries them again
+    fresh = "conv-never-assigned"
+    data = {"conversationId": fresh, "message": {"text": "boom"}, "medium": {"id": "sms"}}
+    assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, data)).status == 200
+    data["message"] = {"text": "after"}
+    assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, data)).status == 200
+    await idle(served)
+    got = [(m.text, _carries_details(m)) for m in served.agent.messages if m.sender_id == fresh]
+    assert got == [("boom", True), ("after", True)]
+
+    everywhere = await serve(details_in_every_message=True)
+    cid = (await everywhere.emulator.start_conversation()).conversation_id
+    await everywhere.emulator.contact_says(cid, "one")
+    await idle(everywhere)
+    assert [_carries_details(m) for m in everywhere.agent.messages] == [True, True]
 
 
 @pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
