@@ -236,21 +236,21 @@ class SqliteOutbox(Outbox):
             self._queues.pop(item.conversation_id, None)
 
     async def put(self, conversation_id: str, bodies: Sequence[bytes], source_key: str) -> bool:
-        def keep(outcome: Tuple[bool, List[OutboxItem]]) -> None:
-            for item in outcome[1]:
-                self._keep(item)
-
         now = time.time()
-        queued, items = await self.db.call(
-            _put,
-            conversation_id,
-            list(bodies),
-            source_key,
-            now,
-            now + self.reply_deadline,
-            after=keep,
+        deadline = now + self.reply_deadline
+        bodies = list(bodies)
+
+        def keep(outcome: Tuple[bool, List[str]]) -> None:
+            # the worker answers with the rows' places, not the bodies it was sent
+            for position, body in zip(outcome[1], bodies):
+                self._keep(
+                    OutboxItem(conversation_id, position, body, source_key, now, deadline, 0)
+                )
+
+        queued, positions = await self.db.call(
+            _put, conversation_id, bodies, source_key, now, deadline, after=keep
         )
-        self._put += len(items)
+        self._put += len(positions)
         self._since_compact += 1
         if self._since_compact >= COMPACT_EVERY:
             await self.compact()
@@ -305,21 +305,22 @@ def _put(
     source_key: str,
     now: float,
     deadline: float,
-) -> Tuple[bool, List[OutboxItem]]:
+) -> Tuple[bool, List[str]]:
+    """Whether the source was new, and the positions of its bodies, in order."""
     fresh = conn.execute(
         "INSERT INTO outbox_sources VALUES (?, ?) ON CONFLICT DO NOTHING", (source_key, now)
     ).rowcount
-    items: List[OutboxItem] = []
+    positions: List[str] = []
     if not fresh:
-        return False, items
+        return False, positions
     for body in bodies:
         seq = conn.execute(
             "INSERT INTO outbox (conversation_id, body, source_key, created_at, deadline)"
             " VALUES (?, ?, ?, ?, ?)",
             (conversation_id, body, source_key, now, deadline),
         ).lastrowid
-        items.append(OutboxItem(conversation_id, str(seq), body, source_key, now, deadline, 0))
-    return True, items
+        positions.append(str(seq))
+    return True, positions
 
 
 def _attempted(conn: sqlite3.Connection, seq: int) -> Optional[int]:

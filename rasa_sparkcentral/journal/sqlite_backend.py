@@ -95,12 +95,16 @@ class SqliteJournal(Journal):
             self._open.pop(conversation_id, None)
 
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
-        def keep(outcome: Tuple[Accepted, Optional[Entry]]) -> None:
+        token = self.instance.token
+
+        def keep(outcome: Tuple[Accepted, Optional[Inserted]]) -> None:
+            # the worker answers with the row's place, not the body it was sent
             if outcome[1] is not None:
-                self._keep(outcome[1])
+                position, accepted_at = outcome[1]
+                self._keep(Entry(key, conversation_id, body, position, token, accepted_at))
 
         accepted, _ = await self.db.call(
-            _record, key, conversation_id, body, self.instance.token, self.dedup_ttl, after=keep
+            _record, key, conversation_id, body, token, self.dedup_ttl, after=keep
         )
         return accepted
 
@@ -147,9 +151,13 @@ def _unfinished_entries(conn: sqlite3.Connection) -> List[Entry]:
     ]
 
 
+#: Where a new entry went: (position, accepted_at).
+Inserted = Tuple[str, float]
+
+
 def _insert(
     conn: sqlite3.Connection, key: str, conversation_id: str, body: bytes, token: str, now: float
-) -> Optional[Entry]:
+) -> Optional[Inserted]:
     cursor = conn.execute(
         "INSERT INTO journal (key, conversation_id, accepted_by, accepted_at)"
         " VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
@@ -158,16 +166,16 @@ def _insert(
     if not cursor.rowcount:
         return None
     conn.execute("INSERT INTO journal_bodies (seq, body) VALUES (?, ?)", (cursor.lastrowid, body))
-    return Entry(key, conversation_id, body, str(cursor.lastrowid), token, now)
+    return str(cursor.lastrowid), now
 
 
 def _record(
     conn: sqlite3.Connection, key: str, conversation_id: str, body: bytes, token: str, ttl: float
-) -> Tuple[Accepted, Optional[Entry]]:
+) -> Tuple[Accepted, Optional[Inserted]]:
     now = time.time()
-    entry = _insert(conn, key, conversation_id, body, token, now)
-    if entry is not None:
-        return Accepted.NEW, entry
+    inserted = _insert(conn, key, conversation_id, body, token, now)
+    if inserted is not None:
+        return Accepted.NEW, inserted
     row = conn.execute("SELECT done, finished_at FROM journal WHERE key = ?", (key,)).fetchone()
     if row is None:  # cannot happen while the worker is the only writer
         return Accepted.PENDING, None
