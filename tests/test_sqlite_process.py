@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 from typing import List, Set
 
@@ -182,6 +183,38 @@ async def test_a_dead_worker_fails_its_calls_and_a_new_one_takes_over(tmp_path: 
     finally:
         await db.close()
     assert db.worker_pid is None  # closing the store ends its worker
+
+
+async def test_starting_a_worker_happens_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a worker (Popen, and waiting for a dead one) blocks for milliseconds: it
+    runs on an executor thread, never on the calling loop's."""
+    db = SqliteProcess(tmp_path / "t.sqlite3", SCHEMA, "test-sqlite")
+    starts: List[int] = []
+    spawn = db._spawn
+
+    def spawn_and_note() -> None:
+        starts.append(threading.get_ident())
+        spawn()
+
+    monkeypatch.setattr(db, "_spawn", spawn_and_note)
+    try:
+        first = await db.call(pid)
+        os.kill(first, signal.SIGKILL)
+        while db.worker_pid == first:  # until it is gone
+            await asyncio.sleep(0.01)
+        again = None
+        for _ in range(100):  # a call the dead worker had may fail (503): the next starts one
+            try:
+                again = await db.call(pid)
+                break
+            except JournalUnavailable:
+                await asyncio.sleep(0.01)
+        assert again not in (first, None)
+    finally:
+        await db.close()
+    assert len(starts) == 2 and threading.get_ident() not in starts
 
 
 async def test_the_worker_ends_with_the_store(tmp_path: Path) -> None:

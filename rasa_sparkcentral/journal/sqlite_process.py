@@ -193,7 +193,9 @@ class SqliteProcess:
             link = _Link(self, loop)
             self._links[loop] = link
             try:
-                sock, replaced = self._socket_for_a_loop()
+                # starting a worker (or waiting for a dead one) blocks for milliseconds:
+                # not on the loop
+                sock, replaced = await self._in_thread(loop, self._socket_for_a_loop)
                 await loop.create_unix_connection(lambda: link, sock=sock)
             except OSError as e:
                 link.connection_lost(e)
@@ -207,6 +209,14 @@ class SqliteProcess:
                     link.send(call_id, frame((call_id, fn, (), False)), future, after)
         await asyncio.shield(link.ready)
         return link
+
+    @staticmethod
+    async def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
+        try:
+            future = loop.run_in_executor(None, fn)
+        except RuntimeError as e:  # the loop's executor is shut down (the process is ending)
+            raise _WorkerGone(f"cannot start the SQLite worker now: {e}") from e
+        return await future
 
     # -- on any event loop ------------------------------------------------------------
 
