@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance
+from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance, by_conversation
 from rasa_sparkcentral.journal.leases import Lease, Leases, LocalLeases, RedisLeases
 from rasa_sparkcentral.journal.redis_client import REDIS_TIMEOUT, RedisClients
 from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
@@ -213,14 +213,7 @@ class SqliteOutbox(Outbox):
         return await super().start()
 
     def _reload(self, items: List[OutboxItem]) -> None:
-        self._queues.clear()
-        for item in items:
-            self._keep(item)
-
-    def _keep(self, item: OutboxItem) -> None:
-        queue = self._queues.setdefault(item.conversation_id, [])
-        if all(queued.position != item.position for queued in queue):  # once, even after a reload
-            queue.append(item)
+        self._queues = by_conversation(items)
 
     def _replace(self, item: OutboxItem, new: Optional[OutboxItem]) -> None:
         """Put ``new`` in ``item``'s place in its queue (None: remove it)."""
@@ -242,10 +235,11 @@ class SqliteOutbox(Outbox):
 
         def keep(outcome: Tuple[bool, List[str]]) -> None:
             # the worker answers with the rows' places, not the bodies it was sent
-            for position, body in zip(outcome[1], bodies):
-                self._keep(
-                    OutboxItem(conversation_id, position, body, source_key, now, deadline, 0)
-                )
+            items = [
+                OutboxItem(conversation_id, position, body, source_key, now, deadline, 0)
+                for position, body in zip(outcome[1], bodies)
+            ]
+            by_conversation(items, self._queues)
 
         queued, positions = await self.db.call(
             _put, conversation_id, bodies, source_key, now, deadline, after=keep

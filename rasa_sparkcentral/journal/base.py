@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional, Protocol, TypeVar
 
 from rasa_sparkcentral.journal.leases import Lease, Leases
 
@@ -52,6 +52,33 @@ class Entry:
     #: The instance token (``Instance.token``) of the process that accepted it.
     accepted_by: str
     accepted_at: float
+
+
+class Queued(Protocol):
+    """What ``by_conversation`` keeps: a journal entry, an outbox item."""
+
+    @property
+    def conversation_id(self) -> str: ...
+
+    @property
+    def position(self) -> str: ...
+
+
+Q = TypeVar("Q", bound=Queued)
+
+
+def by_conversation(
+    items: Iterable[Q], into: Optional[Dict[str, List[Q]]] = None
+) -> Dict[str, List[Q]]:
+    """``items`` added to their conversation's list in ``into`` (a new dict by default),
+    in the order given, each position once (a reload after a worker died may bring back
+    an item the in-memory copy already holds)."""
+    queues: Dict[str, List[Q]] = {} if into is None else into
+    for item in items:
+        queue = queues.setdefault(item.conversation_id, [])
+        if all(queued.position != item.position for queued in queue):
+            queue.append(item)
+    return queues
 
 
 @dataclass(frozen=True)

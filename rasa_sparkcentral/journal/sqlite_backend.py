@@ -25,6 +25,7 @@ from rasa_sparkcentral.journal.base import (
     Entry,
     Instance,
     Journal,
+    by_conversation,
 )
 from rasa_sparkcentral.journal.leases import LocalLeases
 from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
@@ -75,14 +76,7 @@ class SqliteJournal(Journal):
         return await super().start()
 
     def _reload(self, entries: List[Entry]) -> None:
-        self._open.clear()
-        for entry in entries:
-            self._keep(entry)
-
-    def _keep(self, entry: Entry) -> None:
-        entries = self._open.setdefault(entry.conversation_id, [])
-        if all(e.position != entry.position for e in entries):  # once, even after a reload
-            entries.append(entry)
+        self._open = by_conversation(entries)
 
     def _drop(self, conversation_id: str, position: str) -> None:
         entries = self._open.get(conversation_id)
@@ -101,7 +95,9 @@ class SqliteJournal(Journal):
             # the worker answers with the row's place, not the body it was sent
             if outcome[1] is not None:
                 position, accepted_at = outcome[1]
-                self._keep(Entry(key, conversation_id, body, position, token, accepted_at))
+                by_conversation(
+                    [Entry(key, conversation_id, body, position, token, accepted_at)], self._open
+                )
 
         accepted, _ = await self.db.call(
             _record, key, conversation_id, body, token, self.dedup_ttl, after=keep
