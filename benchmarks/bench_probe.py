@@ -3,9 +3,10 @@
 
 ``BenchProbe`` (an input channel, ``GET /webhooks/bench_probe/``) reports what the
 Sparkcentral channel holds inside the process: its cache entry counts, the bytes its
-in-memory state holds, its REST client's counters, the process's resident memory, and how
-long Rasa's event loop was blocked (a 5 ms ticker measures how late it wakes up). It never
-touches the message path.
+in-memory state holds, its REST client's counters, the process's resident memory, how
+long Rasa's event loop was blocked (a 5 ms ticker measures how late it wakes up), and the
+garbage collections Python ran (count and time per generation). It never touches the
+message path; ``?collect=1`` runs a full collection first (between rounds, untimed).
 
 ``BoundedTrackerStore`` is Rasa's ``InMemoryTrackerStore`` that forgets the least recently
 saved conversations beyond ``max_conversations``: as fast as the default store, but Rasa's
@@ -107,6 +108,27 @@ class LoopStalls:
         return {"n": len(samples), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
 
 
+class GcWatch:
+    """Counts Python's garbage collections and their time, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: Dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = int(info.get("generation", 0))
+        self.counts[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+
+    def report(self) -> Dict[str, List[float]]:
+        return {"counts": list(self.counts), "seconds": list(self.seconds)}
+
+
 class BoundedTrackerStore(InMemoryTrackerStore):
     """``InMemoryTrackerStore`` keeping at most ``max_conversations`` (least recently
     saved forgotten first). Endpoint: ``type: bench_probe.BoundedTrackerStore``."""
@@ -136,6 +158,7 @@ class BenchProbe(InputChannel):
     def __init__(self) -> None:
         self._channel: Optional[Any] = None
         self._stalls = LoopStalls()
+        self._gc = GcWatch()
 
     @classmethod
     def name(cls) -> str:
@@ -156,7 +179,9 @@ class BenchProbe(InputChannel):
         @probe.route("/", methods=["GET"])
         async def stats(request: Request) -> HTTPResponse:
             started = time.perf_counter()
-            report: Dict[str, Any] = {"process": proc_status()}
+            if request.args.get("collect"):
+                gc.collect()
+            report: Dict[str, Any] = {"process": proc_status(), "gc": self._gc.report()}
             if request.args.get("stalls"):
                 report["loop_stalls"] = self._stalls.take()
             channel = self._sparkcentral()
