@@ -398,8 +398,9 @@ def channel_metadata(
     data: Dict[str, Any], text: str = "", *, with_details: bool = True
 ) -> Dict[str, Any]:
     """The metadata our channel gives Rasa with a message ``text`` in a conversation
-    started with ``data`` (for the REST controls): built by the channel's own code. As
-    the channel does, only a conversation's first message carries the details."""
+    started with ``data`` (for the REST controls): built by the channel's own code;
+    ``with_details`` False: only what the message says (``details_in_every_message:
+    false`` after a conversation's first message)."""
     body = encode_envelope(
         build_envelope(EVENT_INBOUND_MESSAGE_RECEIVED, {**data, "message": {"text": text}})
     )
@@ -545,14 +546,16 @@ class Load:
 
     # rounds ----------------------------------------------------------------------------
 
-    @staticmethod
     def _rest_metadata(
-        contacts: Dict[str, Dict[str, Any]], cid: str, text: str, first: bool = False
+        self, contacts: Dict[str, Dict[str, Any]], cid: str, text: str, first: bool = False
     ) -> Optional[Dict[str, Any]]:
-        """What a REST_MD message carries (None: a plain REST message): the details with
-        the conversation's ``first`` message, as the channel gives them."""
+        """What a REST_MD message carries (None: a plain REST message), as the channel
+        gives it under the run's settings: the details with every message, or with the
+        conversation's ``first`` only (``details_in_every_message: false``)."""
         contact = contacts.get(cid)
-        return channel_metadata(contact, text, with_details=first) if contact else None
+        every = str(self.stack.channel_settings.get("details_in_every_message", True))
+        with_details = first or every.lower() not in ("false", "0", "no", "off")
+        return channel_metadata(contact, text, with_details=with_details) if contact else None
 
     async def round(self, channel: str, level: Level, index: int) -> RoundResult:
         """Fresh conversations (started untimed), then questions until the round's time is

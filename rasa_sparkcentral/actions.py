@@ -456,10 +456,10 @@ def channel_details(tracker: Tracker) -> Optional[Dict[str, Any]]:
     Rasa (``conversationId``, ``channelId``, ``channelName``, ``medium``,
     ``contactProfile``, ``contactAttributes``, ``language``), or None.
 
-    A message carries them in its metadata only when they are new to Rasa (the
-    conversation's first message, an assignment, a change; every message with the
-    channel setting ``details_in_every_message``): this reads the latest message that
-    did, so it also finds them after a restart or a new session that cleared the slots.
+    By default every message carries them in its metadata; with the channel setting
+    ``details_in_every_message: false`` only a message they are new to does (the
+    conversation's first, an assignment, a change). This reads the latest message that
+    did, among the events Rasa gives an action (those of the current session).
     """
     block = _block_of(tracker)
     if block is not None and _has_details(block):

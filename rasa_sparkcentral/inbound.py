@@ -212,14 +212,16 @@ def message_metadata(
 
 class GivenDetails:
     """Which channel details this process last gave Rasa in full, per conversation (a
-    bounded LRU of fingerprints), so that a message repeats them only when they are new
-    to Rasa: the first message this process hands Rasa in a conversation, and the first
-    after they changed (an assignment, a refresh). Every other message's block carries
-    only what the message says; the slots (and ``actions.channel_details``) keep them.
+    bounded LRU of fingerprints), for ``details_in_every_message: false``: then a message
+    carries them only when they are new to Rasa (the first message this process hands
+    Rasa in a conversation, an assignment, a change), and every other message's block
+    only what the message says; the slots keep them.
 
-    Each message carried the whole block before. Rasa stores a message's metadata twice
-    (in the event and its parse data) and re-reads the whole tracker several times per
-    turn, so about 1.2 KB per message made a long conversation's turns measurably slower.
+    Rasa stores a message's metadata twice (in the event and its parse data) and re-reads
+    the session's events several times per turn, so about 600 bytes on every message slow
+    a long session down. But Rasa keeps slots only within a session (and across sessions
+    when ``carry_over_slots_to_new_session``): after a restart the bot itself runs, the
+    details are gone until the next assignment or change. Hence not the default.
     """
 
     def __init__(self, max_size: int, ttl: float) -> None:

@@ -42,7 +42,13 @@ from rasa_sparkcentral.journal import (
 from rasa_sparkcentral.ordering import Ordering
 from rasa_sparkcentral.outbox import Outbox, make_outbox
 from rasa_sparkcentral.output import RestSink, Sink, SparkcentralOutput
-from rasa_sparkcentral.protocol import CHANNEL_NAME, Event, ProtocolError, parse_event
+from rasa_sparkcentral.protocol import (
+    ASSIGNMENT_EVENTS,
+    CHANNEL_NAME,
+    Event,
+    ProtocolError,
+    parse_event,
+)
 from rasa_sparkcentral.recovery import OutboxSink, already_handled
 from rasa_sparkcentral.sender import ReplySender
 from rasa_sparkcentral.state import CONVERSATION_TTL, ChannelState
@@ -281,7 +287,12 @@ class Turns:
         conversation_id = event.conversation_id
         details, known = await channel_details(self.state, event)
         given = self.given_details
-        with_details = self.settings.details_in_every_message or given.are_new(details)
+        # an assignment restarts the conversation (a new session, empty slots): always
+        with_details = (
+            self.settings.details_in_every_message
+            or event.type in ASSIGNMENT_EVENTS
+            or given.are_new(details)
+        )
         planned = await self.inbound.turn(
             event,
             metadata=message_metadata(details, event, with_details=with_details),

@@ -231,19 +231,14 @@ async def test_an_inbound_event_that_repeats_the_details_refreshes_them(
     assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, plain)).status == 200
     assert await emu.wait_for_bot_messages(cid, 2) == [HOURS, response_text("utter_thanks")]
     tracker = await get_tracker(published.url, cid)
-    slots = tracker["slots"]
-    assert (
-        slots["sparkcentral_channel_id"],
-        slots["sparkcentral_channel_name"],
-        slots["sparkcentral_medium"],
-        slots["sparkcentral_primary_identifier"],
-    ) == ("0-ig", "Instagram DMs", "instagram", "ann.b")
-    # the refreshed details were new to Rasa with msg-1; msg-2 carries only itself
-    users = [e for e in tracker["events"] if e["event"] == "user"]
-    blocks = [(e.get("metadata") or {}).get("sparkcentral") or {} for e in users]
-    blocks = [b for b in blocks if b.get("messageId") in ("msg-1", "msg-2")]
-    assert blocks[0]["channelName"] == "Instagram DMs"
-    assert blocks[1]["messageId"] == "msg-2" and "channelName" not in blocks[1]
+    block = tracker["latest_message"]["metadata"]["sparkcentral"]
+    assert (block["channelId"], block["channelName"], block["medium"]) == (
+        "0-ig",
+        "Instagram DMs",
+        "instagram",
+    )
+    assert block["contactProfile"]["primaryIdentifier"] == "ann.b"
+    assert block["messageId"] == "msg-2"
 
 
 # ----------------------------------------------------------------------------- sessions

@@ -416,8 +416,18 @@ def _carries_details(message: UserMessage) -> bool:
     return "contactProfile" in block
 
 
-async def test_only_messages_whose_details_are_new_to_rasa_carry_them(serve: Serve) -> None:
+async def test_every_message_carries_the_details_by_default(serve: Serve) -> None:
     served = await serve()
+    cid = (await served.emulator.start_conversation()).conversation_id
+    await served.emulator.contact_says(cid, "one")
+    await idle(served)
+    assert [_carries_details(m) for m in served.agent.messages] == [True, True]
+
+
+async def test_opted_out_only_messages_whose_details_are_new_to_rasa_carry_them(
+    serve: Serve,
+) -> None:
+    served = await serve(details_in_every_message=False)
     emu = served.emulator
     cid = (await emu.start_conversation(name="Anna")).conversation_id
     for text in ("one", "two"):
@@ -427,8 +437,10 @@ async def test_only_messages_whose_details_are_new_to_rasa_carry_them(serve: Ser
     assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, changed)).status == 200
     changed["message"] = {"text": "four"}  # the same again: not new
     assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, changed)).status == 200
-    await emu.hand_back(cid)  # an assignment: details given again
+    await emu.hand_back(cid)  # an assignment (its profile differs from p2)
     await emu.contact_says(cid, "five")
+    # the same assignment again: it restarts the conversation (empty slots), so again
+    await emu.hand_back(cid)
     await idle(served)
     messages = [m for m in served.agent.messages if m.sender_id == cid]
     assert [(m.text, _carries_details(m)) for m in messages] == [
@@ -439,6 +451,7 @@ async def test_only_messages_whose_details_are_new_to_rasa_carry_them(serve: Ser
         ("four", False),
         ("/restart", True),
         ("five", False),
+        ("/restart", True),
     ]
     assert messages[3].metadata["sparkcentral"]["contactProfile"] == {"id": "p2"}
 
@@ -451,12 +464,6 @@ async def test_only_messages_whose_details_are_new_to_rasa_carry_them(serve: Ser
     await idle(served)
     got = [(m.text, _carries_details(m)) for m in served.agent.messages if m.sender_id == fresh]
     assert got == [("boom", True), ("after", True)]
-
-    everywhere = await serve(details_in_every_message=True)
-    cid = (await everywhere.emulator.start_conversation()).conversation_id
-    await everywhere.emulator.contact_says(cid, "one")
-    await idle(everywhere)
-    assert [_carries_details(m) for m in everywhere.agent.messages] == [True, True]
 
 
 @pytest.mark.parametrize("port", [False, True], ids=["rasa-port", "webhook-port"])
