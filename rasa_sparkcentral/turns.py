@@ -306,7 +306,7 @@ class Turns:
         assert self._on_new_message is not None
         for message in planned.messages:
             await self._on_new_message(message)
-        if with_details and planned.messages:
+        if with_details and planned.messages and not self.settings.details_in_every_message:
             given.given(details)  # Rasa has them (a failed turn gives them again)
 
     async def _enqueue_reply(self, conversation_id: str, body: Dict[str, Any], key: str) -> None:
