@@ -184,10 +184,6 @@ async def channel_details(state: ChannelState, event: Event) -> Tuple[ChannelDet
     return details, known
 
 
-#: The keys of a metadata block that describe the message rather than the conversation.
-MESSAGE_KEYS = ("conversationId", "messageId", "payload", "topics", "trigger", "language")
-
-
 def message_metadata(
     details: ChannelDetails, event: Event, *, with_details: bool = True
 ) -> Dict[str, Any]:
