@@ -23,7 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from rasa_sparkcentral.journal.base import CLAIM_AFTER, DEDUP_TTL, Instance, by_conversation
+from rasa_sparkcentral.journal.base import (
+    CLAIM_AFTER,
+    DEDUP_TTL,
+    Instance,
+    by_conversation,
+    replace_queued,
+)
 from rasa_sparkcentral.journal.leases import Lease, Leases, LocalLeases, RedisLeases
 from rasa_sparkcentral.journal.redis_client import REDIS_TIMEOUT, RedisClients
 from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
@@ -215,19 +221,6 @@ class SqliteOutbox(Outbox):
     def _reload(self, items: List[OutboxItem]) -> None:
         self._queues = by_conversation(items)
 
-    def _replace(self, item: OutboxItem, new: Optional[OutboxItem]) -> None:
-        """Put ``new`` in ``item``'s place in its queue (None: remove it)."""
-        kept: List[OutboxItem] = []
-        for queued in self._queues.get(item.conversation_id, []):
-            if queued.position != item.position:
-                kept.append(queued)
-            elif new is not None:
-                kept.append(new)
-        if kept:
-            self._queues[item.conversation_id] = kept
-        else:
-            self._queues.pop(item.conversation_id, None)
-
     async def put(self, conversation_id: str, bodies: Sequence[bytes], source_key: str) -> bool:
         now = time.time()
         deadline = now + self.reply_deadline
@@ -256,14 +249,14 @@ class SqliteOutbox(Outbox):
 
     async def attempted(self, item: OutboxItem) -> OutboxItem:
         def count(attempts: Optional[int]) -> None:
-            self._replace(item, _with_attempts(item, attempts))
+            replace_queued(self._queues, item, _with_attempts(item, attempts))
 
         attempts = await self.db.call(_attempted, int(item.position), after=count)
         return _with_attempts(item, attempts)
 
     async def _remove(self, item: OutboxItem) -> bool:
         return await self.db.call(
-            _delete, int(item.position), after=lambda _: self._replace(item, None)
+            _delete, int(item.position), after=lambda _: replace_queued(self._queues, item)
         )
 
     async def compact(self) -> int:

@@ -81,6 +81,22 @@ def by_conversation(
     return queues
 
 
+def replace_queued(queues: Dict[str, List[Q]], item: Q, new: Optional[Q] = None) -> None:
+    """Put ``new`` in ``item``'s place in its conversation's list (None: remove it); a
+    conversation left with nothing is dropped. The list is replaced, not changed in place
+    (another thread may be reading it)."""
+    kept: List[Q] = []
+    for queued in queues.get(item.conversation_id, []):
+        if queued.position != item.position:
+            kept.append(queued)
+        elif new is not None:
+            kept.append(new)
+    if kept:
+        queues[item.conversation_id] = kept
+    else:
+        queues.pop(item.conversation_id, None)
+
+
 @dataclass(frozen=True)
 class JournalCounts:
     """For the health endpoint. ``pending`` is what the store holds (all processes);

@@ -26,6 +26,7 @@ from rasa_sparkcentral.journal.base import (
     Instance,
     Journal,
     by_conversation,
+    replace_queued,
 )
 from rasa_sparkcentral.journal.leases import LocalLeases
 from rasa_sparkcentral.journal.sqlite_process import SqliteProcess
@@ -78,16 +79,6 @@ class SqliteJournal(Journal):
     def _reload(self, entries: List[Entry]) -> None:
         self._open = by_conversation(entries)
 
-    def _drop(self, conversation_id: str, position: str) -> None:
-        entries = self._open.get(conversation_id)
-        if entries is None:
-            return
-        remaining = [e for e in entries if e.position != position]
-        if remaining:
-            self._open[conversation_id] = remaining
-        else:
-            self._open.pop(conversation_id, None)
-
     async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         token = self.instance.token
 
@@ -109,7 +100,7 @@ class SqliteJournal(Journal):
 
     async def finish(self, entry: Entry, *, failed: bool = False) -> None:
         def drop(changed: int) -> None:
-            self._drop(entry.conversation_id, entry.position)
+            replace_queued(self._open, entry)
 
         if await self.db.call(_finish, int(entry.position), after=drop):
             self._count_finish(entry, failed)
