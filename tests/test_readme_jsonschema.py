@@ -1,0 +1,64 @@
+"""The README's advice for Rasa Open Source 3.6 ("What the slots cost on Rasa Open Source
+3.6"): the jsonschema it recommends is one Rasa accepts, and its premise holds for the Rasa
+and jsonschema this environment installs (Rasa re-checks its own schema against the
+2020-12 meta-schema with every answer of the action server)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+from typing import Any, List
+
+import jsonschema
+import pytest
+from packaging.requirements import Requirement
+from rasa.core.actions.action import RemoteAction
+from rasa.utils.endpoints import EndpointConfig
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _advised_version() -> str:
+    match = re.search(r'pip install "jsonschema==([0-9][0-9.]*)"', README.read_text("utf-8"))
+    assert match is not None, "the README no longer gives the jsonschema pin"
+    return match.group(1)
+
+
+def _rasa_requirement() -> Requirement:
+    found = [
+        requirement
+        for requirement in map(Requirement, importlib.metadata.requires("rasa") or [])
+        if requirement.name == "jsonschema" and requirement.marker is None
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_advised_jsonschema_is_one_rasa_accepts() -> None:
+    requirement = _rasa_requirement()
+    assert requirement.specifier.contains(_advised_version()), str(requirement)
+    # what pip picked here is the jsonschema 4 the advice is about
+    installed = importlib.metadata.version("jsonschema")
+    assert requirement.specifier.contains(installed)
+    assert int(installed.split(".")[0]) >= 4
+
+
+def test_rasa_re_checks_its_schema_with_every_action_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: List[Any] = []
+    check_schema = jsonschema.Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, schema: Any, *args: Any, **kwargs: Any) -> None:
+        checked.append(schema)
+        check_schema(cls, schema, *args, **kwargs)
+
+    monkeypatch.setattr(jsonschema.Draft202012Validator, "check_schema", classmethod(counting))
+    action = RemoteAction(
+        "action_sparkcentral_channel_details", EndpointConfig("http://localhost:5055/webhook")
+    )
+    answer = {"events": [{"event": "slot", "name": "sparkcentral_vip", "value": True}]}
+    for _ in range(3):
+        assert action._validate_action_result(answer)
+    assert checked == [RemoteAction.action_response_format_spec()] * 3
