@@ -30,6 +30,12 @@ from rasa_sparkcentral.project_files import (
     read_yaml,
 )
 from rasa_sparkcentral.protocol import CREDENTIALS_KEY, HEALTH_PATH, SIGNATURE_HEADER, WEBHOOK_PATH
+from rasa_sparkcentral.rasa_edition import (
+    RasaEdition,
+    installed_rasa,
+    installed_version,
+    slow_action_answers,
+)
 from rasa_sparkcentral.signature import sign
 
 HTTP_TIMEOUT = 5.0
@@ -45,11 +51,12 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @dataclass
 class Check:
     name: str
-    ok: Optional[bool]  # None: skipped
+    ok: Optional[bool]  # None: skipped, or advice when ``note``
     text: str
+    note: bool = False
 
     def line(self) -> str:
-        label = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
+        label = "note" if self.note else {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
         return f"{label} {self.name}: {self.text}"
 
 
@@ -64,8 +71,8 @@ class Context:
     rasa_up: bool = False
     checks: List[Check] = field(default_factory=list)
 
-    def add(self, name: str, ok: Optional[bool], text: str) -> bool:
-        check = Check(name, ok, text)
+    def add(self, name: str, ok: Optional[bool], text: str, *, note: bool = False) -> bool:
+        check = Check(name, ok, text, note)
         self.checks.append(check)
         print(check.line(), flush=True)
         return bool(ok)
@@ -273,6 +280,26 @@ def check_actions_registered(ctx: Context) -> None:
         ctx.add(name, True, "registers Sparkcentral's actions")
 
 
+def action_answers_advice(edition: Optional[RasaEdition], jsonschema: Optional[str]) -> str:
+    """What each answer of the action server costs this Rasa, when that is worth a note
+    ("" otherwise)."""
+    if edition is None or not slow_action_answers(edition, jsonschema):
+        return ""
+    return (
+        f"{edition} with jsonschema {jsonschema} re-checks its schema with every answer of "
+        "the action server (about 20 ms of CPU; the channel-details slots ask for one with "
+        'every message): `pip install "jsonschema==3.2.0"` makes Rasa about twice as fast '
+        "(README: What the slots cost)"
+    )
+
+
+def check_action_answers(ctx: Context) -> None:
+    """Advice, never a failure, for the installed Rasa and jsonschema."""
+    advice = action_answers_advice(installed_rasa(), installed_version("jsonschema"))
+    if advice:
+        ctx.add("action answers", None, advice, note=True)
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -422,6 +449,7 @@ def run_doctor(root: Path, *, rasa_url: str, online: bool) -> int:
             lambda: check_domain(ctx),
             lambda: check_data(ctx),
             lambda: check_actions_registered(ctx),
+            lambda: check_action_answers(ctx),
             lambda: check_action_server(ctx),
         ]
         for step in steps:

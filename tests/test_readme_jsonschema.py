@@ -8,13 +8,16 @@ from __future__ import annotations
 import importlib.metadata
 import re
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 import jsonschema
 import pytest
 from packaging.requirements import Requirement
 from rasa.core.actions.action import RemoteAction
 from rasa.utils.endpoints import EndpointConfig
+
+from rasa_sparkcentral.doctor import Context, action_answers_advice, check_action_answers
+from rasa_sparkcentral.rasa_edition import RasaEdition
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -62,3 +65,39 @@ def test_rasa_re_checks_its_schema_with_every_action_answer(
     for _ in range(3):
         assert action._validate_action_result(answer)
     assert checked == [RemoteAction.action_response_format_spec()] * 3
+
+
+# -- `rasa-sparkcentral doctor` gives the same advice, as a note (never a failure) ----------
+
+
+@pytest.mark.parametrize(
+    ("edition", "jsonschema_version", "noted"),
+    [
+        (RasaEdition("rasa", "3.6.21"), "4.17.3", True),
+        (RasaEdition("rasa", "3.6.21"), "3.2.0", False),
+        (RasaEdition("rasa-pro", "3.21.0"), "4.26.0", False),
+        (None, "4.17.3", False),
+        (RasaEdition("rasa", "3.6.21"), None, False),
+    ],
+)
+def test_doctor_advises_the_pin_only_where_it_helps(
+    edition: Optional[RasaEdition], jsonschema_version: Optional[str], noted: bool
+) -> None:
+    advice = action_answers_advice(edition, jsonschema_version)
+    assert bool(advice) is noted
+    if noted:
+        assert advice.startswith("rasa 3.6.21 with jsonschema 4.17.3 re-checks its schema")
+        assert f'`pip install "jsonschema=={_advised_version()}"`' in advice
+
+
+def test_doctor_notes_it_for_the_installed_rasa_and_jsonschema(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ctx = Context()
+    check_action_answers(ctx)
+    assert [(c.name, c.ok, c.note) for c in ctx.checks] == [("action answers", None, True)]
+    (line,) = capsys.readouterr().out.splitlines()
+    rasa, jsonschema_version = (importlib.metadata.version(d) for d in ("rasa", "jsonschema"))
+    assert line.startswith(
+        f"note action answers: rasa {rasa} with jsonschema {jsonschema_version} "
+    )
