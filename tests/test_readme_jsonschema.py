@@ -8,9 +8,8 @@ from __future__ import annotations
 import importlib.metadata
 import re
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Optional
 
-import jsonschema
 import pytest
 from packaging.requirements import Requirement
 from rasa.core.actions.action import RemoteAction
@@ -18,6 +17,7 @@ from rasa.utils.endpoints import EndpointConfig
 
 from rasa_sparkcentral.doctor import Context, action_answers_advice, check_action_answers
 from rasa_sparkcentral.rasa_edition import RasaEdition
+from tests.schema_checks import count_schema_checks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -50,14 +50,7 @@ def test_the_advised_jsonschema_is_one_rasa_accepts() -> None:
 def test_rasa_re_checks_its_schema_with_every_action_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    checked: List[Any] = []
-    check_schema = jsonschema.Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
-
-    def counting(cls: Any, schema: Any, *args: Any, **kwargs: Any) -> None:
-        checked.append(schema)
-        check_schema(cls, schema, *args, **kwargs)
-
-    monkeypatch.setattr(jsonschema.Draft202012Validator, "check_schema", classmethod(counting))
+    checked = count_schema_checks(monkeypatch)
     action = RemoteAction(
         "action_sparkcentral_channel_details", EndpointConfig("http://localhost:5055/webhook")
     )

@@ -4,27 +4,18 @@ doctor's note about pinning jsonschema stays silent here. Imports only: no engin
 
 from __future__ import annotations
 
-from typing import Any, List
-
-import jsonschema
 import pytest
 from rasa.core.actions.action import RemoteActionJSONValidator
 
 from rasa_sparkcentral.doctor import action_answers_advice
 from rasa_sparkcentral.rasa_edition import installed_rasa, installed_version
+from tests.schema_checks import count_schema_checks
 
 
 def test_rasa_pro_does_not_re_check_its_schema_with_every_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    checked: List[Any] = []
-    check_schema = jsonschema.Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
-
-    def counting(cls: Any, schema: Any, *args: Any, **kwargs: Any) -> None:
-        checked.append(schema)
-        check_schema(cls, schema, *args, **kwargs)
-
-    monkeypatch.setattr(jsonschema.Draft202012Validator, "check_schema", classmethod(counting))
+    checked = count_schema_checks(monkeypatch)
     answer = {"events": [{"event": "slot", "name": "sparkcentral_vip", "value": True}]}
     for _ in range(3):
         assert RemoteActionJSONValidator.validate(answer)
