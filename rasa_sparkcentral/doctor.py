@@ -288,8 +288,8 @@ def action_answers_advice(edition: Optional[RasaEdition], jsonschema: Optional[s
     return (
         f"{edition} with jsonschema {jsonschema} re-checks its schema with every answer of "
         "the action server (about 20 ms of CPU; the channel-details slots ask for one with "
-        'every message): `pip install "jsonschema==3.2.0"` makes Rasa about twice as fast '
-        "(README: What the slots cost)"
+        'every message): `pip install "jsonschema==3.2.0"` makes a busy Rasa about twice as '
+        "fast (README: What the slots cost)"
     )
 
 

@@ -82,8 +82,7 @@ def slow_action_answers(edition: Optional[RasaEdition], jsonschema: Optional[str
 def installed_rasa() -> Optional[RasaEdition]:
     """The installed Rasa distribution, or None when there is none."""
     for name in DISTRIBUTIONS:
-        try:
-            return RasaEdition(name, importlib.metadata.version(name))
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        version = installed_version(name)
+        if version is not None:
+            return RasaEdition(name, version)
     return None

@@ -94,3 +94,8 @@ def test_doctor_notes_it_for_the_installed_rasa_and_jsonschema(
     assert line.startswith(
         f"note action answers: rasa {rasa} with jsonschema {jsonschema_version} "
     )
+
+
+def test_the_readme_shows_the_note_as_the_doctor_prints_it() -> None:
+    advice = action_answers_advice(RasaEdition("rasa", "3.6.21"), "4.17.3")
+    assert f"\nnote action answers: {advice}\n" in README.read_text("utf-8")
