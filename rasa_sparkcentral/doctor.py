@@ -283,7 +283,7 @@ def check_actions_registered(ctx: Context) -> None:
 def action_answers_advice(edition: Optional[RasaEdition], jsonschema: Optional[str]) -> str:
     """What each answer of the action server costs this Rasa, when that is worth a note
     ("" otherwise)."""
-    if edition is None or not slow_action_answers(edition, jsonschema):
+    if not slow_action_answers(edition, jsonschema):
         return ""
     return (
         f"{edition} with jsonschema {jsonschema} re-checks its schema with every answer of "
