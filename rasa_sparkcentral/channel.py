@@ -3,7 +3,7 @@
 Rasa's channel API, the routes and dispatch; each step has its own room:
 webhook → ``screening`` (size, signature, shape) → ``turns`` (``journal`` before the 200,
 ``ordering``, ``inbound`` → Rasa → ``output`` → ``outbox`` → ``sender``, or
-``webhook_answer`` in reply mode "webhook"; ``webhook_thread``, recovery, health and
+``webhook_answer`` in reply mode "webhook"; ``webhook_process``, recovery, health and
 shutdown). ``preflight`` checks once, after start, that our actions can run.
 """
 
@@ -28,10 +28,10 @@ from rasa_sparkcentral.outbox import Outbox
 from rasa_sparkcentral.output import SparkcentralOutput
 from rasa_sparkcentral.preflight import check_actions
 from rasa_sparkcentral.protocol import CHANNEL_NAME, Event
-from rasa_sparkcentral.screening import screen
+from rasa_sparkcentral.screening import STOPPING, Answer, screen
 from rasa_sparkcentral.signature import signature_of
 from rasa_sparkcentral.state import ChannelState, make_state
-from rasa_sparkcentral.turns import STOPPING, Answer, OnNewMessage, Turns
+from rasa_sparkcentral.turns import OnNewMessage, Turns
 
 logger = logging.getLogger(__name__)
 

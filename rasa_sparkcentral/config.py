@@ -83,7 +83,7 @@ class Settings:
     #: How long a stopping server lets turns in flight finish (seconds).
     shutdown_grace: float = 10.0
     #: Python's thread switch interval (``sys.setswitchinterval``) set when the channel
-    #: starts; None: leave Python's (5 ms). Defaults to 1 ms with ``webhook_port``.
+    #: starts; None: leave Python's (5 ms).
     switch_interval: Optional[float] = None
 
     @property
@@ -233,21 +233,13 @@ class Settings:
             trust_slash_commands=_bool(creds, "trust_slash_commands", False),
             details_in_every_message=_bool(creds, "details_in_every_message", True),
             shutdown_grace=_number(creds, "shutdown_grace", 10.0, low=0.0),
-            switch_interval=_switch_interval(creds, webhook_port),
+            switch_interval=_switch_interval(creds),
         )
 
 
-#: The switch interval ``webhook_port`` brings unless ``switch_interval`` says otherwise.
-WEBHOOK_PORT_SWITCH_INTERVAL = 0.001
-
-
-def _switch_interval(creds: Mapping[str, Any], webhook_port: Optional[int]) -> Optional[float]:
-    """Seconds, or None to leave Python's own. A webhook answered on its own thread must
-    get the GIL back from Rasa's computing thread: with Python's 5 ms that wait is most of
-    an acknowledgement under load."""
-    if "switch_interval" not in creds:
-        return WEBHOOK_PORT_SWITCH_INTERVAL if webhook_port else None
-    if creds["switch_interval"] in (None, "", 0, "0"):
+def _switch_interval(creds: Mapping[str, Any]) -> Optional[float]:
+    """Seconds, or None to leave Python's own (5 ms)."""
+    if creds.get("switch_interval") in (None, "", 0, "0"):
         return None
     return _number(creds, "switch_interval", 0.0, low=0.0001, high=0.1)
 

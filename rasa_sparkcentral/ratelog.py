@@ -17,7 +17,7 @@ class BoundedLog:
         self._window = 0.0
         self._count = 0
         self._dropped = 0
-        self._lock = threading.Lock()  # the webhook thread logs too
+        self._lock = threading.Lock()  # any thread may log
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         with self._lock:

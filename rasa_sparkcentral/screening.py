@@ -1,6 +1,7 @@
 """The checks every webhook passes before anything else: size, signature, shape, age.
 
-Pure and thread-safe, shared by the Sanic route and the webhook thread.
+Pure, shared by the Sanic route and the ``webhook_port`` listener's process, as are the
+answers a webhook gets when it passed them but cannot be taken now.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.protocol import SIGNATURE_HEADERS, Event, ProtocolError, parse_event
@@ -16,6 +17,14 @@ from rasa_sparkcentral.ratelog import BoundedLog
 from rasa_sparkcentral.signature import verify
 
 logger = logging.getLogger(__name__)
+
+#: An HTTP status and its JSON answer.
+Answer = Tuple[int, Dict[str, Any]]
+#: The event could not be recorded: Sparkcentral retries it later.
+UNAVAILABLE: Answer = (503, {"error": "the event could not be recorded; retry later"})
+#: The bot is shutting down: Sparkcentral retries it later (with the next instance).
+STOPPING: Answer = (503, {"error": "the bot is stopping; retry later"})
+
 #: Rejections can come in floods: logged at a bounded rate.
 rejected = BoundedLog(logger)
 

@@ -4,7 +4,7 @@ The channel screens the webhook and hands the event here; this room records it i
 ``journal`` (before the 200; 503 when it cannot), wakes its conversation in ``ordering``
 (in acceptance order, by leases), runs its turn (``inbound`` → Rasa → ``output``) and
 queues the replies in the ``outbox`` for the ``sender`` (REST), or answers the webhook
-in reply mode "webhook" (``webhook_answer``). It also owns the ``webhook_thread``, the
+in reply mode "webhook" (``webhook_answer``). It also owns the ``webhook_process``, the
 recovery sweep, the health report and the shutdown order. It never imports the channel.
 """
 
@@ -50,19 +50,17 @@ from rasa_sparkcentral.protocol import (
     parse_event,
 )
 from rasa_sparkcentral.recovery import OutboxSink, already_handled
+from rasa_sparkcentral.screening import UNAVAILABLE, Answer
 from rasa_sparkcentral.sender import ReplySender
 from rasa_sparkcentral.state import CONVERSATION_TTL, ChannelState
 from rasa_sparkcentral.webhook_answer import WebhookAnswer
-from rasa_sparkcentral.webhook_thread import WebhookThread
+from rasa_sparkcentral.webhook_process import WebhookProcess
 
 logger = logging.getLogger(__name__)
 
 OnNewMessage = Callable[[UserMessage], Awaitable[Any]]
-Answer = Tuple[int, Dict[str, Any]]
 #: While the outbox cannot take a turn's replies, try again after this many seconds.
 OUTBOX_RETRY = 1.0
-UNAVAILABLE: Answer = (503, {"error": "the event could not be recorded; retry later"})
-STOPPING: Answer = (503, {"error": "the bot is stopping; retry later"})
 
 
 def _is_outage(error: BaseException) -> bool:
@@ -78,7 +76,7 @@ def _is_outage(error: BaseException) -> bool:
 
 
 class Turns:
-    """Owns the journal, the outbox, the ordering, the sender and the webhook thread:
+    """Owns the journal, the outbox, the ordering, the sender and the webhook listener:
     accepts events and runs their turns, one conversation at a time, in order."""
 
     def __init__(
@@ -99,7 +97,7 @@ class Turns:
         self._outbox = outbox
         self._ordering: Optional[Ordering] = None
         self._sender: Optional[ReplySender] = None
-        self._thread: Optional[WebhookThread] = None
+        self._listener: Optional[WebhookProcess] = None
         self._sweeper: Optional[asyncio.Task[None]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._app: Any = None
@@ -118,6 +116,11 @@ class Turns:
         if self._journal is None:
             raise RuntimeError("the Sparkcentral channel is not started")
         return self._journal
+
+    @property
+    def listener(self) -> Optional[WebhookProcess]:
+        """The ``webhook_port`` listener (None without ``webhook_port``)."""
+        return self._listener
 
     @property
     def ordering(self) -> Ordering:
@@ -146,7 +149,7 @@ class Turns:
                     claim_after=settings.claim_after,
                 )
             if self._outbox is None:
-                # the embedded outbox lives in the journal's file, served by its thread
+                # the embedded outbox lives in the journal's file, served by its worker
                 # (beside the journal's path if the journal given is not the embedded one)
                 journal = self._journal
                 self._outbox = make_outbox(
@@ -171,11 +174,10 @@ class Turns:
                 backoff_max=settings.backoff_max,
             )
         if settings.webhook_port:
-            self._thread = WebhookThread(
-                settings, settings.webhook_host, settings.webhook_port, self._record_from_thread
+            self._listener = WebhookProcess(
+                settings, self._journal, self._recorded_by_listener, settings.redis_url
             )
-            self._thread.ready = lambda: not self.stopping
-            self._thread.start()
+            await self._listener.start()
 
     def start_sweeping(self) -> None:
         """Replay what a previous run left, then keep sweeping (after the server starts)."""
@@ -215,19 +217,17 @@ class Turns:
             return 200, {}
         return 200, await waiter[0].answer(conversation_id, waiter[1])
 
-    async def _record_from_thread(self, event: Event, body: bytes) -> Answer:
-        """The webhook thread's accept: record on its loop, wake on Rasa's."""
-        if self.stopping:
-            return STOPPING
-        try:
-            outcome = await self.journal.record(
-                event.idempotency_key or f"nokey:{uuid.uuid4().hex}", event.conversation_id, body
+    def _recorded_by_listener(self, conversation_id: str, outcome: Accepted, key: str) -> None:
+        """The ``webhook_port`` listener recorded an event (on Rasa's loop)."""
+        if outcome is not Accepted.NEW:
+            logger.info(
+                "A repeated delivery %s for conversation %s (%s)",
+                key,
+                conversation_id,
+                outcome.value,
             )
-        except JournalUnavailable:
-            return UNAVAILABLE
-        if outcome is not Accepted.DONE and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.ordering.wake, event.conversation_id)
-        return 200, {}
+        if outcome is not Accepted.DONE:
+            self.ordering.wake(conversation_id)
 
     # -- a turn -----------------------------------------------------------------------
 
@@ -376,6 +376,12 @@ class Turns:
                 }
             except JournalUnavailable:
                 report["outbox"] = {"pending": -1}
+        if self._listener is not None:
+            report["webhook_listener"] = {
+                "port": self.settings.webhook_port,
+                "pid": self._listener.pid,
+                "starts": self._listener.starts,
+            }
         return report
 
     @property
@@ -388,14 +394,17 @@ class Turns:
     async def stop_taking_work(self) -> None:
         """SIGTERM: unready, new webhooks 503; turns in flight finish within the grace."""
         self.stopping = True
+        if self._listener is not None:
+            self._listener.set_ready(False)
         if self._ordering is not None:
             await self._ordering.aclose(self.settings.shutdown_grace)
 
     async def aclose(self) -> None:
         """Close everything; what is unfinished stays in the journal and outbox."""
         self.stopping = True
-        if self._thread is not None:
-            self._thread.stop()
+        if self._listener is not None:
+            self._listener.set_ready(False)
+            await self._listener.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._ordering is not None and not self._ordering.closing:

@@ -322,7 +322,7 @@ async def test_a_stopping_channel_is_unready_and_refuses_new_webhooks(serve: Ser
 # ----------------------------------------------------------------------------- webhook_port
 
 
-async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve: Serve) -> None:
+async def test_the_webhook_port_hands_events_to_rasas_loop_in_order_once(serve: Serve) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -344,6 +344,137 @@ async def test_the_webhook_thread_hands_events_to_rasas_loop_in_order_once(serve
     texts = await emu.wait_for_bot_messages(cid, 6)
     await idle(served)
     assert emu.bot_texts(cid) == texts == [f"echo: m{i}" for i in range(6)]
+
+
+async def _port_serve(serve: Serve, **settings: Any) -> Served:
+    """The channel with ``webhook_port``; the emulator posts there."""
+    port = processes.free_port()
+    served = await serve(webhook_port=port, webhook_host="127.0.0.1", **settings)
+    served.emulator.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    return served
+
+
+async def _listening(served: Served, timeout: float = 20.0) -> None:
+    """Until the webhook_port listener answers its health check."""
+    url = served.emulator.webhook_url.replace(WEBHOOK_PATH, HEALTH_PATH)
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, "the listener never came back"
+            await asyncio.sleep(0.05)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie (not reaped yet) has ended too
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_the_webhook_port_listener_is_a_process_that_rasa_starts_again(
+    serve: Serve,
+) -> None:
+    """The listener runs beside Rasa's process (no GIL shared); killed, it is started
+    again and the port answers as before; nothing it acknowledged is lost."""
+    served = await _port_serve(serve)
+    listener = served.channel.turns.listener
+    assert listener is not None and listener.starts == 1
+    first = listener.pid
+    assert first is not None and first != os.getpid()
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    assert (await emu.contact_says(cid, "before")).status == 200
+    os.kill(first, signal.SIGKILL)
+    await _listening(served)
+    assert listener.starts == 2 and listener.pid not in (None, first)
+    assert (await emu.contact_says(cid, "after")).status == 200
+    await emu.wait_for_bot_messages(cid, 2)
+    await idle(served)
+    assert emu.bot_texts(cid) == ["echo: before", "echo: after"]
+    counts = await served.channel.journal.counts()
+    assert counts.accepted == 3 and counts.pending == 0  # the start and two messages
+
+
+async def test_the_listener_follows_the_journals_new_worker(serve: Serve) -> None:
+    """The embedded journal's worker dies: the listener, whose socket to it is gone,
+    answers 503 (never 200 unrecorded) until a listener with a socket to a new worker
+    takes its place; Sparkcentral's retry is then recorded and answered once."""
+    served = await _port_serve(serve)
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    await idle(served)
+    listener = served.channel.turns.listener
+    assert listener is not None
+    old = listener.pid
+    worker = served.channel.journal.db.worker_pid  # type: ignore[attr-defined]
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    while not _ended(worker):
+        await asyncio.sleep(0.01)
+    key = uuid.uuid4().hex
+    body = encode_envelope(
+        build_envelope(
+            INBOUND_MESSAGE_RECEIVED,
+            {"conversationId": cid, "message": {"text": "retried"}},
+            idempotency_key=key,
+        )
+    )
+    refused = await emu.deliver(INBOUND_MESSAGE_RECEIVED, None, raw_body=body, idempotency_key=key)
+    assert refused.status == 503
+    # the new listener listens beside the old one, which then ends
+    deadline = asyncio.get_running_loop().time() + 20
+    while listener.starts < 2 or old is None or not _ended(old):
+        assert asyncio.get_running_loop().time() < deadline, "the old listener is still there"
+        await asyncio.sleep(0.05)
+    retried = await emu.deliver(INBOUND_MESSAGE_RECEIVED, None, raw_body=body, idempotency_key=key)
+    assert retried.status == 200
+    await emu.wait_for_bot_messages(cid, 1)
+    await idle(served)
+    assert emu.bot_texts(cid) == ["echo: retried"]
+    assert served.channel.journal.db.worker_pid not in (None, worker)  # type: ignore[attr-defined]
+
+
+async def test_a_stopping_bot_s_listener_answers_503(serve: Serve) -> None:
+    """SIGTERM (Rasa's before-stop): the listener's health check and new webhooks get
+    503, as on Rasa's port; the health report names the listener."""
+    served = await _port_serve(serve)
+    emu = served.emulator
+    cid = (await emu.start_conversation()).conversation_id
+    async with aiohttp.ClientSession() as session:
+        async with session.get(served.url + HEALTH_PATH) as response:
+            report = await response.json()
+    listener = served.channel.turns.listener
+    assert listener is not None
+    assert report["webhook_listener"] == {
+        "port": int(emu.webhook_url.split(":")[2].split("/")[0]),
+        "pid": listener.pid,
+        "starts": 1,
+    }
+    await served.channel.turns.stop_taking_work()
+    refused = await emu.contact_says(cid, "too late")
+    assert (refused.status, refused.json) == (503, {"error": "the bot is stopping; retry later"})
+    health = emu.webhook_url.replace(WEBHOOK_PATH, HEALTH_PATH)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(health) as response:
+            assert response.status == 503
+
+
+async def test_a_taken_webhook_port_stops_the_start(serve: Serve) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"could not listen on 127.0.0.1:{port}"):
+            await serve(webhook_port=port, webhook_host="127.0.0.1")
 
 
 # ----------------------------------------------------------------------------- issue 13

@@ -1,4 +1,4 @@
-"""Both listeners (the Sanic route and the webhook thread) screen alike (issue 12):
+"""Both listeners (the Sanic route and the webhook_port listener process) screen alike (issue 12):
 either signature header is accepted, an event older or newer than ``max_event_age`` is
 refused with 401 and reaches nothing. In-process, with the stand-in agent."""
 
@@ -20,7 +20,7 @@ from rasa_sparkcentral.protocol import (
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
 from tests.test_inprocess_channel import Serve, Served, idle, serve  # noqa: F401 - fixture
 
-LISTENERS = ["sanic-route", "webhook-thread"]
+LISTENERS = ["sanic-route", "webhook-port"]
 
 
 async def listening(serve: Serve, listener: str, **settings: Any) -> Served:  # noqa: F811

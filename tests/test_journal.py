@@ -138,7 +138,7 @@ async def test_order_is_kept_per_conversation(make: MakeJournal) -> None:
 
 
 async def test_usable_from_another_threads_event_loop(make: MakeJournal) -> None:
-    """The webhook_port listener runs its own loop on its own thread."""
+    """A journal serves any event loop (each gets its own socket to the worker)."""
     journal = make()
     await journal.start()
     outcomes: List[Accepted] = []

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Protocol, TypeVar
+from typing import Dict, Iterable, List, Optional, Protocol, Tuple, TypeVar
 
 from rasa_sparkcentral.journal.leases import Lease, Leases
 
@@ -185,19 +185,49 @@ class Journal(abc.ABC):
     async def record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
         """Store the event durably (before returning NEW) unless its key is known.
         Raises JournalUnavailable when it cannot."""
+        outcome, _ = await self.record_entry(key, conversation_id, body)
+        return outcome
+
+    async def record_entry(
+        self, key: str, conversation_id: str, body: bytes
+    ) -> Tuple[Accepted, Optional[Entry]]:
+        """``record``, and the entry it stored where this backend keeps its unfinished
+        entries in memory (SQLite's; None for Redis, read from Redis): what the journal
+        of the process that runs the turns ``adopt``s when another process recorded it
+        (the ``webhook_port`` listener)."""
         try:
-            outcome = await self._record(key, conversation_id, body)
+            outcome, entry = await self._record(key, conversation_id, body)
         except JournalUnavailable:
-            self._unavailable += 1
+            self.count_unavailable()
             raise
+        self._count_record(outcome)
+        return outcome, entry
+
+    def adopt(self, outcome: Accepted, entry: Optional[Entry]) -> None:
+        """An event another process recorded in this journal's store for this one (its
+        ``record_entry``): counted, and ``entry`` kept as one this journal recorded."""
+        if entry is not None:
+            self._keep(entry)
+        self._count_record(outcome)
+
+    def count_unavailable(self) -> None:
+        """A record another process could not make (for the health counts)."""
+        self._unavailable += 1
+
+    def _count_record(self, outcome: Accepted) -> None:
         if outcome is Accepted.NEW:
             self._accepted += 1
         else:
             self._repeats += 1
-        return outcome
 
     @abc.abstractmethod
-    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted: ...
+    def _keep(self, entry: Entry) -> None:
+        """A new entry for the in-memory copy of the backends that keep one."""
+
+    @abc.abstractmethod
+    async def _record(
+        self, key: str, conversation_id: str, body: bytes
+    ) -> Tuple[Accepted, Optional[Entry]]: ...
 
     @abc.abstractmethod
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:

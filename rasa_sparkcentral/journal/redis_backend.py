@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Deque, List, Optional
+from typing import Any, Deque, List, Optional, Tuple
 
 from rasa_sparkcentral.journal.base import (
     CLAIM_AFTER,
@@ -113,7 +113,7 @@ class RedisJournal(Journal):
         self._pending = f"{prefix}:pending"
         #: Redis's clock minus ours (seconds), as measured by recent records
         self._offsets: Deque[float] = collections.deque(maxlen=OFFSET_SAMPLES)
-        self._offsets_lock = threading.Lock()  # Rasa's loop and the webhook thread's
+        self._offsets_lock = threading.Lock()  # callers may run on several threads' loops
 
     def _stream(self, conversation_id: str) -> str:
         return f"{self._prefix}:{{{conversation_id}}}:events"
@@ -121,7 +121,9 @@ class RedisJournal(Journal):
     def _dedup(self, conversation_id: str, key: str) -> str:
         return f"{self._prefix}:{{{conversation_id}}}:key:{key}"
 
-    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
+    async def _record(
+        self, key: str, conversation_id: str, body: bytes
+    ) -> Tuple[Accepted, Optional[Entry]]:
         now = time.time()
         deadline = 0.0
         with self._offsets_lock:
@@ -151,7 +153,10 @@ class RedisJournal(Journal):
         if state == b"l":  # Redis ran it after we would have given up: nothing written
             raise JournalUnavailable("redis: the record reached Redis after its deadline")
         outcome = {b"n": Accepted.NEW, b"r": Accepted.PENDING}.get(state, Accepted.DONE)
-        return outcome
+        return outcome, None  # the stream is the only copy
+
+    def _keep(self, entry: Entry) -> None:
+        """Nothing: the stream is the only copy (``unfinished`` reads it)."""
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         stream = self._stream(conversation_id)

@@ -13,10 +13,11 @@ transaction shared with whatever else reached it (``sqlite_worker``'s group comm
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from rasa_sparkcentral.journal.base import (
     CLAIM_AFTER,
@@ -79,21 +80,21 @@ class SqliteJournal(Journal):
     def _reload(self, entries: List[Entry]) -> None:
         self._open = by_conversation(entries)
 
-    async def _record(self, key: str, conversation_id: str, body: bytes) -> Accepted:
-        token = self.instance.token
-
-        def keep(outcome: Tuple[Accepted, Optional[Inserted]]) -> None:
-            # the worker answers with the row's place, not the body it was sent
-            if outcome[1] is not None:
-                position, accepted_at = outcome[1]
-                by_conversation(
-                    [Entry(key, conversation_id, body, position, token, accepted_at)], self._open
-                )
-
-        accepted, _ = await self.db.call(
-            _record, key, conversation_id, body, token, self.dedup_ttl, after=keep
+    async def _record(
+        self, key: str, conversation_id: str, body: bytes
+    ) -> Tuple[Accepted, Optional[Entry]]:
+        return await _record_through(
+            self.db,
+            self.instance.token,
+            self.dedup_ttl,
+            key,
+            conversation_id,
+            body,
+            keep=self._keep,
         )
-        return accepted
+
+    def _keep(self, entry: Entry) -> None:
+        by_conversation([entry], self._open)
 
     async def unfinished(self, conversation_id: str, limit: int = 100) -> List[Entry]:
         return list(self._open.get(conversation_id, ()))[:limit]
@@ -121,6 +122,58 @@ class SqliteJournal(Journal):
     async def close(self) -> None:
         await super().close()
         await self.db.close()
+
+
+class SqliteRecorder:
+    """Records into the bot's embedded journal from another process (the ``webhook_port``
+    listener) through a socket to the journal's worker (``SqliteProcess.link_socket``):
+    the same statement and commit as ``SqliteJournal.record``; the bot's journal then
+    ``adopt``s the entry. A socket whose worker ended stays dead (``lost``): the process
+    that holds it is started again with a new one."""
+
+    def __init__(self, sock: socket.socket, instance: Instance, dedup_ttl: float) -> None:
+        self.db = SqliteProcess.attached(sock, "sparkcentral-journal")
+        self.instance = instance
+        self.dedup_ttl = dedup_ttl
+
+    @property
+    def lost(self) -> bool:
+        return self.db.lost
+
+    async def record_entry(
+        self, key: str, conversation_id: str, body: bytes
+    ) -> Tuple[Accepted, Optional[Entry]]:
+        return await _record_through(
+            self.db, self.instance.token, self.dedup_ttl, key, conversation_id, body
+        )
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+async def _record_through(
+    db: SqliteProcess,
+    token: str,
+    dedup_ttl: float,
+    key: str,
+    conversation_id: str,
+    body: bytes,
+    keep: Optional[Callable[[Entry], None]] = None,
+) -> Tuple[Accepted, Optional[Entry]]:
+    """``_record`` in the worker; the new entry, if any (``keep`` gets it on the calling
+    loop once committed, before the caller resumes)."""
+    new: List[Entry] = []
+
+    def made(outcome: Tuple[Accepted, Optional[Inserted]]) -> None:
+        # the worker answers with the row's place, not the body it was sent
+        if outcome[1] is not None:
+            position, accepted_at = outcome[1]
+            new.append(Entry(key, conversation_id, body, position, token, accepted_at))
+            if keep is not None:
+                keep(new[0])
+
+    accepted, _ = await db.call(_record, key, conversation_id, body, token, dedup_ttl, after=made)
+    return accepted, (new[0] if new else None)
 
 
 # -- the statements, run by the SQLite worker (module-level: they are sent by name) --------

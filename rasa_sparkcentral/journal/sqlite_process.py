@@ -3,9 +3,10 @@
 
 ``call(fn, *args)`` sends ``fn(connection, *args)`` to the worker and awaits its result;
 ``fn`` is a module-level function (it is pickled by name), its arguments and result
-plain data. Rasa's loop and the ``webhook_port`` listener's loop each get a socket of
-their own to the worker, so a call costs its loop one write and one read and never
-waits for another thread. Calls that reach the worker together share a transaction
+plain data. Each event loop that calls gets a socket of its own to the worker, so a call
+costs its loop one write and one read and never waits for another thread; another
+process (the ``webhook_port`` listener) calls through a socket from ``link_socket``
+(``attached``). Calls that reach the worker together share a transaction
 (group commit). A call's result, and its ``after`` hook (run on the calling loop before
 the caller resumes, even if the caller stopped waiting), come only once its transaction
 has committed.
@@ -33,7 +34,7 @@ from rasa_sparkcentral.journal import sqlite_worker
 from rasa_sparkcentral.journal.base import JournalUnavailable, OutageLog
 from rasa_sparkcentral.journal.sqlite_worker import Frames, JournalLocked, frame
 
-__all__ = ["JournalLocked", "SqliteProcess"]
+__all__ = ["JournalLocked", "SqliteProcess", "import_path"]
 
 T = TypeVar("T")
 
@@ -110,10 +111,39 @@ class SqliteProcess:
         #: calls that refresh an owner's in-memory copy when a worker replaces a dead one
         self._reloads: List[Tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None]]] = []
         self._closed = False
+        #: a worker replaced by ``link_socket`` whose reloads this process still owes
+        self._replaced_unseen = False
+        #: ``attached``: the one socket to another process's worker (never spawned here)
+        self._attached: Optional[socket.socket] = None
+        self._attached_used = False
         self._outage = OutageLog(what)
         #: transactions committed and calls run by the worker (how well calls group)
         self.batches = 0
         self.calls = 0
+
+    @classmethod
+    def attached(cls, sock: socket.socket, what: str) -> SqliteProcess:
+        """Calls through ``sock``, a socket to a worker another process started (its
+        ``link_socket``), on one event loop. This never starts a worker: once that
+        socket is gone, calls fail (``lost``)."""
+        db = cls(Path(sock.getsockname() or "attached"), "", what)
+        db._attached = sock
+        return db
+
+    @property
+    def lost(self) -> bool:
+        """``attached``: its socket to the worker is gone."""
+        return self._attached_used and all(link.lost for link in self._links.values())
+
+    def link_socket(self) -> socket.socket:
+        """A new socket to the worker (started if it is not running), for another
+        process to make calls through (``attached``). Blocks for a worker start."""
+        if self._closed:
+            raise _WorkerGone(f"sqlite {self.path}: closed")
+        sock, replaced = self._socket_for_a_loop()
+        if replaced:
+            self._replaced_unseen = True  # this process's own link reloads on its next call
+        return sock
 
     @property
     def worker_pid(self) -> Optional[int]:
@@ -145,7 +175,7 @@ class SqliteProcess:
             self._process.poll()  # reap it
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        env["PYTHONPATH"] = _import_path()
+        env["PYTHONPATH"] = import_path()
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _WORKER, str(theirs.fileno())],
@@ -161,6 +191,12 @@ class SqliteProcess:
     def _socket_for_a_loop(self) -> Tuple[socket.socket, bool]:
         """A new socket to the worker (started if it is not running), and whether the
         worker was started now to replace a dead one."""
+        if self._attached is not None:
+            if self._attached_used:
+                raise _WorkerGone("the SQLite worker's socket is gone")
+            self._attached_used = True
+            self._attached.setblocking(False)
+            return self._attached, False
         replaced = False
         with self._spawn_lock:
             for last_try in (False, True):
@@ -200,7 +236,8 @@ class SqliteProcess:
             except OSError as e:
                 link.connection_lost(e)
                 raise
-            if replaced:
+            if replaced or self._replaced_unseen:
+                self._replaced_unseen = False
                 # ahead of any other call on this socket, so answered first
                 for fn, after in self._reloads:
                     call_id = next(self._ids)
@@ -284,7 +321,7 @@ class SqliteProcess:
             process.wait()
 
 
-def _import_path() -> str:
+def import_path() -> str:
     """The worker's PYTHONPATH: where this package is, and the directories this process
     imports from beside its interpreter's own (a project, a test folder, whose functions
     may be sent by name); never the interpreter's own (its site-packages), which the

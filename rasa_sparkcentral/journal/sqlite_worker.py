@@ -216,11 +216,17 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def read_frame(sock: socket.socket) -> Any:
+    """One frame from a blocking socket, read to its last byte and no further (what
+    follows is read otherwise: on the control socket, a byte read past it with plain
+    ``recv`` would drop the socket passed with it)."""
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    return pickle.loads(_read_exactly(sock, size))
+
+
 def _read_config(control: socket.socket) -> Tuple[str, List[str]]:
-    """The first frame on the control socket, read to its last byte and no further: a
-    byte read past it with plain ``recv`` would drop the socket passed with it."""
-    (size,) = _HEADER.unpack(_read_exactly(control, _HEADER.size))
-    path, schemas = pickle.loads(_read_exactly(control, size))
+    """The first frame on the control socket: the file and its schemas."""
+    path, schemas = read_frame(control)
     return str(path), list(schemas)
 
 

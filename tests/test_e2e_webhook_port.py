@@ -1,29 +1,40 @@
-"""webhook_port: the webhook answered on its own thread, off Rasa's event loop."""
+"""webhook_port: the webhook answered by a listener process of its own, off Rasa's event
+loop and GIL; it ends with ``rasa run``, and what it acknowledged survives that."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
+from pathlib import Path
+from typing import Any, List
 
 import aiohttp
 
 from rasa_sparkcentral.protocol import SIGNATURE_HEADER, WEBHOOK_PATH
 from rasa_sparkcentral.signature import sign_with_secret
 from rasa_sparkcentral.testing import processes
+from tests.durable_e2e import all_answered, send_without_waiting, sql_trackers, start_conversations
 from tests.helpers import compact, get_tracker, response_text, say_and_wait, user_texts
 from tests.support import BotStarter, RasaHandle
 
 
-async def _webhook_thread_bot(start_bot: BotStarter) -> RasaHandle:
+async def _webhook_port_bot(start_bot: BotStarter, **settings: Any) -> RasaHandle:
     port = processes.free_port()
     handle = await start_bot(
-        name="rasa-webhook-thread", webhook_port=port, webhook_host="127.0.0.1", set_webhook=False
+        name="rasa-webhook-port",
+        webhook_port=port,
+        webhook_host="127.0.0.1",
+        set_webhook=False,
+        **settings,
     )
     handle.emulator.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     return handle
 
 
-async def test_conversation_through_the_webhook_thread(start_bot: BotStarter) -> None:
-    handle = await _webhook_thread_bot(start_bot)
+async def test_conversation_through_the_webhook_port(start_bot: BotStarter) -> None:
+    handle = await _webhook_port_bot(start_bot)
     emu = handle.emulator
     started = await emu.start_conversation(name="Anna", vip=True)
     cid = started.conversation_id
@@ -58,10 +69,10 @@ async def test_conversation_through_the_webhook_thread(start_bot: BotStarter) ->
     assert user_texts(tracker).count("thanks") == 1
 
 
-async def test_webhook_thread_refuses_bad_input_before_rasa(
+async def test_webhook_port_refuses_bad_input_before_rasa(
     start_bot: BotStarter,
 ) -> None:
-    handle = await _webhook_thread_bot(start_bot)
+    handle = await _webhook_port_bot(start_bot)
     emu = handle.emulator
     url = emu.webhook_url
     cid = f"bad-{uuid.uuid4().hex[:10]}"
@@ -93,3 +104,47 @@ async def test_webhook_thread_refuses_bad_input_before_rasa(
             assert health.status == 200
     assert user_texts(await get_tracker(handle.url, cid)) == []
     assert emu.calls_to("/virtual-agent/conversations/" + cid) == []
+
+
+def _children(pid: int) -> List[int]:
+    found: List[int] = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/children", encoding="ascii") as listed:
+            found += [int(child) for child in listed.read().split()]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().replace(b"\0", b" ").decode()
+
+
+async def test_the_listener_ends_with_rasa_and_what_it_acknowledged_is_answered(
+    start_bot: BotStarter, tmp_path: Path
+) -> None:
+    """Only ``rasa run`` is SIGKILLed (not its process group): its listener ends by
+    itself (no orphan holding the port), and after the next start every message the
+    listener acknowledged is answered."""
+    handle = await _webhook_port_bot(
+        start_bot, tracker_store=sql_trackers(tmp_path / "trackers.db")
+    )
+    emu = handle.emulator
+    rasa_pid = handle.process.pid
+    assert rasa_pid is not None
+    [listener] = [p for p in _children(rasa_pid) if "webhook_listener" in _cmdline(p)]
+    cids = await start_conversations(emu, 4)
+    emu.faults.delay = 0.3  # Sparkcentral is slow: replies still waiting at the kill
+    expected = await send_without_waiting(emu, cids, 3)
+    os.kill(rasa_pid, signal.SIGKILL)
+    handle.process.stop()  # reaps it
+    for _ in range(200):
+        if not os.path.exists(f"/proc/{listener}"):
+            break
+        await asyncio.sleep(0.025)
+    assert not os.path.exists(f"/proc/{listener}"), "the listener outlived rasa run"
+    unanswered = sum(len(t) for t in expected.values()) - sum(len(emu.bot_texts(c)) for c in cids)
+    assert unanswered > 0  # the kill did hit messages in flight
+    emu.faults.delay = 0.0
+    handle.process.start()
+    await handle.process.wait_ready_async()
+    await all_answered(emu, expected, in_flight=len(cids))
