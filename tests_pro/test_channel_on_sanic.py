@@ -164,3 +164,55 @@ async def test_serving_raises_no_deprecation_from_our_listeners() -> None:
         await server.after_stop()
     found = deprecations_from_us(records)
     assert found == []
+
+
+async def test_the_webhook_port_listener_runs_beside_rasa_pro(tmp_path: Any) -> None:
+    """``webhook_port``: the listener is a child process started with this interpreter
+    (here Python 3.11 and Rasa Pro's aiohttp); it records and answers, Rasa's loop runs
+    the turn, and it ends when the server stops."""
+    import os
+    import sys
+
+    from rasa_sparkcentral import SparkcentralInput
+    from rasa_sparkcentral.protocol import WEBHOOK_PATH
+    from rasa_sparkcentral.testing import processes
+
+    Sanic.test_mode = True
+    emu = emulator.SparkcentralEmulator()
+    await emu.start()
+    port = processes.free_port()
+    channel = SparkcentralInput.from_credentials(
+        {
+            "client_id": emulator.DEFAULT_CLIENT_ID,
+            "client_secret": emulator.DEFAULT_CLIENT_SECRET,
+            "shared_secret": emulator.DEFAULT_SHARED_SECRET,
+            "base_url": emu.base_url,
+            "webhook_port": port,
+            "webhook_host": "127.0.0.1",
+            "journal_path": str(tmp_path / "journal.sqlite3"),
+        }
+    )
+    app = Sanic(f"pro_tier_{next(_app_names)}")
+    agent = RecordingAgent()
+    app.ctx.agent = agent
+    register([channel], app, route="/webhooks/")
+    server, _ = await _start_sanic(app)
+    emu.webhook_url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    try:
+        listener = channel.turns.listener
+        assert listener is not None and listener.pid is not None
+        pid = listener.pid
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            assert cmdline.read().split(b"\0")[0] == sys.executable.encode()
+        cid = (await emu.start_conversation()).conversation_id
+        said = await emu.contact_says(cid, "hello")
+        assert (said.status, said.json) == (200, {})
+        assert await emu.wait_for_bot_messages(cid, 1) == ["echo: hello"]
+        assert agent.texts(cid) == ["/restart", "hello"]
+    finally:
+        await server.before_stop()
+        await server.close()
+        await server.wait_closed()
+        await server.after_stop()
+        await emu.stop()
+    assert not os.path.exists(f"/proc/{pid}")
