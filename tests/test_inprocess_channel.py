@@ -449,9 +449,8 @@ async def test_a_stopping_bot_s_listener_answers_503(serve: Serve) -> None:
     served = await _port_serve(serve)
     emu = served.emulator
     cid = (await emu.start_conversation()).conversation_id
-    async with aiohttp.ClientSession() as session:
-        async with session.get(served.url + HEALTH_PATH) as response:
-            report = await response.json()
+    async with aiohttp.ClientSession() as session, session.get(served.url + HEALTH_PATH) as got:
+        report = await got.json()
     listener = served.channel.turns.listener
     assert listener is not None
     assert report["webhook_listener"] == {
@@ -463,9 +462,8 @@ async def test_a_stopping_bot_s_listener_answers_503(serve: Serve) -> None:
     refused = await emu.contact_says(cid, "too late")
     assert (refused.status, refused.json) == (503, {"error": "the bot is stopping; retry later"})
     health = emu.webhook_url.replace(WEBHOOK_PATH, HEALTH_PATH)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(health) as response:
-            assert response.status == 503
+    async with aiohttp.ClientSession() as session, session.get(health) as response:
+        assert response.status == 503
 
 
 async def test_a_taken_webhook_port_stops_the_start(serve: Serve) -> None:
