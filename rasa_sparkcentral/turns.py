@@ -174,9 +174,7 @@ class Turns:
                 backoff_max=settings.backoff_max,
             )
         if settings.webhook_port:
-            self._listener = WebhookProcess(
-                settings, self._journal, self._recorded_by_listener, settings.redis_url
-            )
+            self._listener = WebhookProcess(settings, self._journal, self._recorded_by_listener)
             await self._listener.start()
 
     def start_sweeping(self) -> None:

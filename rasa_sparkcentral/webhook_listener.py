@@ -57,8 +57,6 @@ class ListenerConfig:
     instance: Instance
     #: the bot's logging level for this package's loggers
     log_level: int
-    #: the Redis journal's URL; None: the embedded journal, through the socket passed
-    redis_url: Optional[str] = None
 
 
 class Recorder(Protocol):
@@ -130,19 +128,21 @@ class _Parent(asyncio.Protocol):
 
 
 def _recorder(config: ListenerConfig, worker: Optional[socket.socket]) -> Recorder:
+    """The embedded journal through the socket to its worker; without one, the Redis
+    journal at ``redis_url``."""
     settings = config.settings
-    if config.redis_url:
+    if worker is None:
         from rasa_sparkcentral.journal.redis_backend import RedisJournal
 
+        assert settings.redis_url
         return RedisJournal(
-            config.redis_url,
+            settings.redis_url,
             instance=config.instance,
             dedup_ttl=settings.dedup_ttl,
             claim_after=settings.claim_after,
         )
     from rasa_sparkcentral.journal.sqlite_backend import SqliteRecorder
 
-    assert worker is not None
     return SqliteRecorder(worker, config.instance, settings.dedup_ttl)
 
 

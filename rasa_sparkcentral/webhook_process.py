@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
-import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, cast
+from typing import Any, Callable, Optional, Tuple, cast
 
 from rasa_sparkcentral.config import Settings
 from rasa_sparkcentral.journal import Accepted, Entry, Journal, SqliteJournal
-from rasa_sparkcentral.journal.sqlite_process import import_path
+from rasa_sparkcentral.journal.sqlite_process import ended, start_child
 from rasa_sparkcentral.journal.sqlite_worker import Frames, frame
 from rasa_sparkcentral.webhook_listener import (
     FAILED,
@@ -89,13 +87,7 @@ class _Child(asyncio.Protocol):
 
     async def ended(self) -> Optional[int]:
         """Its exit code, once it ended (killed after ``STOP_WAIT``)."""
-        give_up = time.monotonic() + STOP_WAIT
-        while self.process.poll() is None and time.monotonic() < give_up:
-            await asyncio.sleep(0.01)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        return self.process.returncode
+        return await ended(self.process, STOP_WAIT)
 
 
 class WebhookProcess:
@@ -111,12 +103,10 @@ class WebhookProcess:
         settings: Settings,
         journal: Journal,
         on_recorded: OnRecorded,
-        redis_url: Optional[str] = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self._on_recorded = on_recorded
-        self._redis_url = redis_url
         self._child: Optional[_Child] = None
         self._watcher: Optional[asyncio.Task[None]] = None
         self._replacing: Optional[asyncio.Task[None]] = None
@@ -179,23 +169,10 @@ class WebhookProcess:
         ours, theirs = socket.socketpair()
         worker: Optional[socket.socket] = None
         try:
-            if self._redis_url is None:
-                assert isinstance(self.journal, SqliteJournal)
+            if isinstance(self.journal, SqliteJournal):
                 # starting the journal's worker (if it is not running) blocks: not on the loop
                 worker = await loop.run_in_executor(None, self.journal.db.link_socket)
-            fds = [theirs.fileno()] + ([worker.fileno()] if worker is not None else [])
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _MAIN,
-                    str(theirs.fileno()),
-                    str(worker.fileno()) if worker is not None else "-",
-                ],
-                pass_fds=fds,
-                stdin=subprocess.DEVNULL,
-                env=_child_env(),
-            )
+            process = start_child(_MAIN, [theirs, worker])
         except BaseException:
             ours.close()
             raise
@@ -212,7 +189,6 @@ class WebhookProcess:
                 settings=self.settings,
                 instance=self.journal.instance,
                 log_level=logging.getLogger("rasa_sparkcentral").getEffectiveLevel(),
-                redis_url=self._redis_url,
             )
         )
         if not self._ready:
@@ -273,9 +249,3 @@ class WebhookProcess:
                 except (OSError, RuntimeError) as e:
                     wait = min(wait * 2, RESTART_MAX)
                     logger.error("The Sparkcentral webhook listener did not start: %s", e)
-
-
-def _child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = import_path()
-    return env

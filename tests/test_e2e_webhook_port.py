@@ -8,7 +8,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import aiohttp
 
@@ -106,14 +106,6 @@ async def test_webhook_port_refuses_bad_input_before_rasa(
     assert emu.calls_to("/virtual-agent/conversations/" + cid) == []
 
 
-def _children(pid: int) -> List[int]:
-    found: List[int] = []
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{thread}/children", encoding="ascii") as listed:
-            found += [int(child) for child in listed.read().split()]
-    return found
-
-
 def _cmdline(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         return cmdline.read().replace(b"\0", b" ").decode()
@@ -131,7 +123,7 @@ async def test_the_listener_ends_with_rasa_and_what_it_acknowledged_is_answered(
     emu = handle.emulator
     rasa_pid = handle.process.pid
     assert rasa_pid is not None
-    [listener] = [p for p in _children(rasa_pid) if "webhook_listener" in _cmdline(p)]
+    [listener] = [p for p in processes.children(rasa_pid) if "webhook_listener" in _cmdline(p)]
     cids = await start_conversations(emu, 4)
     emu.faults.delay = 0.3  # Sparkcentral is slow: replies still waiting at the kill
     expected = await send_without_waiting(emu, cids, 3)

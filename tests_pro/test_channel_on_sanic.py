@@ -63,6 +63,15 @@ async def _start_sanic(app: Sanic) -> Tuple[Any, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+async def _stop_sanic(server: Any) -> None:
+    """What Sanic does on shutdown: the before-stop listeners (the channel stops taking
+    work), closing, the after-stop listeners (the channel closes its stores)."""
+    await server.before_stop()
+    await server.close()
+    await server.wait_closed()
+    await server.after_stop()
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[Tuple[Served, Any]]:
     from rasa_sparkcentral import SparkcentralInput
@@ -91,10 +100,7 @@ async def served() -> AsyncIterator[Tuple[Served, Any]]:
         try:
             yield handle, emu
         finally:
-            await server.before_stop()
-            await server.close()
-            await server.wait_closed()
-            await server.after_stop()
+            await _stop_sanic(server)
             await emu.stop()
     handle.warnings.extend(records)
 
@@ -158,10 +164,7 @@ async def test_serving_raises_no_deprecation_from_our_listeners() -> None:
         warnings.simplefilter("always")
         register([channel], app, route="/webhooks/")
         server, _ = await _start_sanic(app)
-        await server.before_stop()
-        await server.close()
-        await server.wait_closed()
-        await server.after_stop()
+        await _stop_sanic(server)
     found = deprecations_from_us(records)
     assert found == []
 
@@ -210,9 +213,6 @@ async def test_the_webhook_port_listener_runs_beside_rasa_pro(tmp_path: Any) -> 
         assert await emu.wait_for_bot_messages(cid, 1) == ["echo: hello"]
         assert agent.texts(cid) == ["/restart", "hello"]
     finally:
-        await server.before_stop()
-        await server.close()
-        await server.wait_closed()
-        await server.after_stop()
+        await _stop_sanic(server)
         await emu.stop()
     assert not os.path.exists(f"/proc/{pid}")

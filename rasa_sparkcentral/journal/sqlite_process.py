@@ -34,7 +34,7 @@ from rasa_sparkcentral.journal import sqlite_worker
 from rasa_sparkcentral.journal.base import JournalUnavailable, OutageLog
 from rasa_sparkcentral.journal.sqlite_worker import Frames, JournalLocked, frame
 
-__all__ = ["JournalLocked", "SqliteProcess", "import_path"]
+__all__ = ["JournalLocked", "SqliteProcess", "ended", "start_child"]
 
 T = TypeVar("T")
 
@@ -126,7 +126,7 @@ class SqliteProcess:
         """Calls through ``sock``, a socket to a worker another process started (its
         ``link_socket``), on one event loop. This never starts a worker: once that
         socket is gone, calls fail (``lost``)."""
-        db = cls(Path(sock.getsockname() or "attached"), "", what)
+        db = cls(Path("<the bot's worker>"), "", what)
         db._attached = sock
         return db
 
@@ -174,15 +174,8 @@ class SqliteProcess:
         if self._process is not None:
             self._process.poll()  # reap it
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = import_path()
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", _WORKER, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+            self._process = start_child(_WORKER, [theirs])
         finally:
             theirs.close()
         ours.sendall(frame((str(self.path), self._schemas)))
@@ -313,15 +306,35 @@ class SqliteProcess:
             process = self._process
         if process is None:
             return
-        give_up = time.monotonic() + CLOSE_WAIT
-        while process.poll() is None and time.monotonic() < give_up:
-            await asyncio.sleep(0.01)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        await ended(process, CLOSE_WAIT)
 
 
-def import_path() -> str:
+def start_child(code: str, sockets: List[Optional[socket.socket]]) -> subprocess.Popen[bytes]:
+    """``python -c code fd...`` with this interpreter, this package importable, and the
+    given sockets passed (their descriptors as the arguments; ``-`` for None)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _import_path()
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *(str(s.fileno()) if s else "-" for s in sockets)],
+        pass_fds=[s.fileno() for s in sockets if s is not None],
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+async def ended(process: subprocess.Popen[bytes], wait: float) -> Optional[int]:
+    """``process``'s exit code once it ended, waited for ``wait`` seconds on the loop;
+    then it is killed."""
+    give_up = time.monotonic() + wait
+    while process.poll() is None and time.monotonic() < give_up:
+        await asyncio.sleep(0.01)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    return process.returncode
+
+
+def _import_path() -> str:
     """The worker's PYTHONPATH: where this package is, and the directories this process
     imports from beside its interpreter's own (a project, a test folder, whose functions
     may be sent by name); never the interpreter's own (its site-packages), which the

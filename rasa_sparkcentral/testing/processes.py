@@ -41,6 +41,7 @@ __all__ = [
     "ServerStartError",
     "action_server",
     "base_env",
+    "children",
     "free_port",
     "rasa_server",
     "redis_lock_store",
@@ -79,7 +80,7 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rsplit(")", 1)[1].split()
     # utime, stime, and the CPU of the children it has waited for
     total = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    for child in _children(pid):
+    for child in children(pid):
         try:
             total += cpu_seconds(child)
         except OSError:  # it ended meanwhile
@@ -87,19 +88,20 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def _children(pid: int) -> List[int]:
-    children: List[int] = []
+def children(pid: int) -> List[int]:
+    """The pids of a running process's children (from Linux ``/proc``)."""
+    found: List[int] = []
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return children
+        return found
     for thread in threads:
         try:
             with open(f"/proc/{pid}/task/{thread}/children", encoding="ascii") as listed:
-                children += [int(child) for child in listed.read().split()]
+                found += [int(child) for child in listed.read().split()]
         except OSError:
             pass
-    return children
+    return found
 
 
 def base_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
