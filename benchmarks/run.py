@@ -61,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:  # a checkout without `pip install -e .`
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
+from rasa_sparkcentral.config import Settings  # noqa: E402
 from rasa_sparkcentral.inbound import message_metadata  # noqa: E402
 from rasa_sparkcentral.protocol import (  # noqa: E402
     CREDENTIALS_KEY,
@@ -553,7 +554,11 @@ class Load:
         gives it under the run's settings: the details with every message, or with the
         conversation's ``first`` only (``details_in_every_message: false``)."""
         contact = contacts.get(cid)
-        every = str(self.stack.channel_settings.get("details_in_every_message", True))
+        every = str(
+            self.stack.channel_settings.get(
+                "details_in_every_message", Settings.details_in_every_message
+            )
+        )
         with_details = first or every.lower() not in ("false", "0", "no", "off")
         return channel_metadata(contact, text, with_details=with_details) if contact else None
 

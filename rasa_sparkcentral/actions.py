@@ -41,11 +41,13 @@ from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActionExecuted, ConversationPaused, EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from rasa_sparkcentral.protocol import (
-    ATTRIBUTE_KEY_PATTERN,
-    METADATA_KEY,
-    split_contact_attributes,
+from rasa_sparkcentral.detail_slots import (
+    channel_details,
+    channel_details_slots,
+    message_slots,
+    slot_updates,
 )
+from rasa_sparkcentral.protocol import ATTRIBUTE_KEY_PATTERN, split_contact_attributes
 
 __all__ = [
     "ActionHandoffToSparkcentral",
@@ -386,95 +388,10 @@ class ActionResolveConversation(_CompleteConversation):
         return "action_resolve_conversation"
 
 
-# -- channel details as slots --------------------------------------------------------------
-
-#: Keys of the metadata block that describe one message rather than the conversation.
-MESSAGE_KEYS = ("messageId", "payload", "topics", "conversationTopics", "trigger")
-
-
-def channel_details_slots(details: Dict[str, Any]) -> Dict[str, Any]:
-    """Slot name → value for one ``metadata["sparkcentral"]`` block."""
-    profile = details.get("contactProfile") or {}
-    attributes = {}
-    for item in details.get("contactAttributes") or []:
-        if isinstance(item, dict) and item.get("attribute") is not None:
-            attributes[str(item["attribute"])] = item.get("value")
-    vip = profile.get("vip")
-    if isinstance(vip, str):
-        vip = vip.strip().lower() == "true"
-    return {
-        "sparkcentral_channel_details": {k: v for k, v in details.items() if k not in MESSAGE_KEYS},
-        "sparkcentral_conversation_id": details.get("conversationId"),
-        "sparkcentral_channel_id": details.get("channelId"),
-        "sparkcentral_channel_name": details.get("channelName"),
-        "sparkcentral_medium": details.get("medium"),
-        "sparkcentral_contact_id": profile.get("id"),
-        "sparkcentral_medium_contact_profile_id": profile.get("mediumContactProfileId"),
-        "sparkcentral_primary_identifier": profile.get("primaryIdentifier"),
-        "sparkcentral_secondary_identifier": profile.get("secondaryIdentifier"),
-        "sparkcentral_picture_url": profile.get("pictureUrl"),
-        "sparkcentral_vip": bool(vip),
-        "sparkcentral_contact_attributes": attributes,
-    }
-
-
-def message_slots(block: Dict[str, Any]) -> Dict[str, Any]:
-    """Slot name → value for what one message says: ``sparkcentral_language`` (when the
-    message names one), ``sparkcentral_topics`` (the conversation's topics) and
-    ``sparkcentral_trigger`` (``{type, action}``: the post, story or reel the message
-    answers; None for a private message), the last two when the block carries them."""
-    slots: Dict[str, Any] = {}
-    language = block.get("language")
-    if isinstance(language, str) and language:
-        slots["sparkcentral_language"] = language
-    for key in ("topics", "conversationTopics"):
-        if isinstance(block.get(key), list):
-            slots["sparkcentral_topics"] = [t for t in block[key] if isinstance(t, str)]
-            break
-    if "trigger" in block:
-        trigger = block["trigger"]
-        slots["sparkcentral_trigger"] = dict(trigger) if isinstance(trigger, dict) else None
-    return slots
-
-
-def _block_of(tracker: Tracker) -> Optional[Dict[str, Any]]:
-    return _block_in((tracker.latest_message or {}).get("metadata"))
-
-
-def _block_in(metadata: Any) -> Optional[Dict[str, Any]]:
-    block = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    return block if isinstance(block, dict) else None
-
-
-def _has_details(block: Dict[str, Any]) -> bool:
-    # a message whose details were lost (no profile, no channel) must not wipe the slots
-    return bool(block.get("contactProfile") or block.get("channelId"))
-
-
-def channel_details(tracker: Tracker) -> Optional[Dict[str, Any]]:
-    """The conversation's channel details as the Sparkcentral channel last gave them to
-    Rasa (``conversationId``, ``channelId``, ``channelName``, ``medium``,
-    ``contactProfile``, ``contactAttributes``, ``language``), or None.
-
-    By default every message carries them in its metadata; with the channel setting
-    ``details_in_every_message: false`` only a message they are new to does (the
-    conversation's first, an assignment, a change). This reads the latest message that
-    did, among the events Rasa gives an action (those of the current session).
-    """
-    block = _block_of(tracker)
-    if block is not None and _has_details(block):
-        return block
-    for event in reversed(tracker.events or []):
-        if isinstance(event, dict) and event.get("event") == "user":
-            earlier = _block_in(event.get("metadata"))
-            if earlier is not None and _has_details(earlier):
-                return earlier
-    return None
-
-
 class ActionSparkcentralChannelDetails(Action):
     """Fills the ``sparkcentral_*`` slots the domain declares, when they changed: the
-    channel details (``channel_details_slots``) and what the message says
+    channel details (``channel_details_slots``; where Rasa emptied them and the message
+    does not carry them, as the latest earlier event held them) and what the message says
     (``message_slots``)."""
 
     def name(self) -> str:
@@ -486,15 +403,4 @@ class ActionSparkcentralChannelDetails(Action):
         tracker: Tracker,
         domain: Dict[str, Any],
     ) -> List[EventType]:
-        block = _block_of(tracker)
-        if block is None:
-            return []
-        details = channel_details(tracker)
-        values = channel_details_slots(details) if details is not None else {}
-        values.update(message_slots(block))
-        declared = domain.get("slots") or {}
-        return [
-            SlotSet(slot, value)
-            for slot, value in values.items()
-            if slot in declared and tracker.get_slot(slot) != value
-        ]
+        return [SlotSet(slot, value) for slot, value in slot_updates(tracker, domain).items()]

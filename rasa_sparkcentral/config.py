@@ -77,9 +77,10 @@ class Settings:
     #: Contact text starting with "/" is read as an intent only when this is true
     #: (trusted test channels); otherwise it reaches Rasa as plain text.
     trust_slash_commands: bool = False
-    #: Every message's metadata repeats the whole channel details; false: only a message
-    #: whose details are new to Rasa carries them (the slots keep them; see the README).
-    details_in_every_message: bool = True
+    #: Only a message whose channel details are new to Rasa carries them in its metadata
+    #: (the slots keep them, and the slot action brings them back where Rasa emptied
+    #: them); true: every message repeats them (see the README).
+    details_in_every_message: bool = False
     #: How long a stopping server lets turns in flight finish (seconds).
     shutdown_grace: float = 10.0
     #: Python's thread switch interval (``sys.setswitchinterval``) set when the channel
@@ -231,7 +232,7 @@ class Settings:
             reply_deadline=_number(creds, "reply_deadline", 300.0, low=1.0),
             instance_name=_text(creds, "instance_name"),
             trust_slash_commands=_bool(creds, "trust_slash_commands", False),
-            details_in_every_message=_bool(creds, "details_in_every_message", True),
+            details_in_every_message=_bool(creds, "details_in_every_message", False),
             shutdown_grace=_number(creds, "shutdown_grace", 10.0, low=0.0),
             switch_interval=_switch_interval(creds),
         )

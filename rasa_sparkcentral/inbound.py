@@ -208,16 +208,16 @@ def message_metadata(
 
 class GivenDetails:
     """Which channel details this process last gave Rasa in full, per conversation (a
-    bounded LRU of fingerprints), for ``details_in_every_message: false``: then a message
-    carries them only when they are new to Rasa (the first message this process hands
-    Rasa in a conversation, an assignment, a change), and every other message's block
-    only what the message says; the slots keep them.
+    bounded LRU of fingerprints), unless ``details_in_every_message``: a message carries
+    them only when they are new to Rasa (the first message this process hands Rasa in a
+    conversation, an assignment, a change), and every other message's block only what the
+    message says; the slots keep them.
 
     Rasa stores a message's metadata twice (in the event and its parse data) and re-reads
     the session's events several times per turn, so about 600 bytes on every message slow
-    a long session down. But Rasa keeps slots only within a session (and across sessions
-    when ``carry_over_slots_to_new_session``): after a restart the bot itself runs, the
-    details are gone until the next assignment or change. Hence not the default.
+    a long session down. Where Rasa empties the slots (a restart the bot runs, a new
+    session without carry-over), the slot action brings the details back from the
+    earlier events it is handed (``detail_slots``).
     """
 
     def __init__(self, max_size: int, ttl: float) -> None:

@@ -228,3 +228,85 @@ def test_channel_details_reads_the_current_message_first() -> None:
         DETAILS
     )
     assert actions.channel_details(tracker(SLIM, [_user_event(SLIM)])) is None
+
+
+def _slot_event(name: str, value: Any) -> Dict[str, Any]:
+    return {"event": "slot", "name": name, "value": value}
+
+
+async def test_after_a_second_restart_the_details_come_back_from_the_slot_events(
+    executor: ActionExecutor,
+) -> None:
+    """The session before the restart got its details back from slot events only (the
+    action refilled them after an earlier restart): they come back from those."""
+    recovered = actions.channel_details_slots(DETAILS)
+    call = _call(
+        "action_sparkcentral_channel_details",
+        metadata={METADATA_KEY: SLIM},
+        domain={"slots": ALL_SLOTS},
+    )
+    call["tracker"]["events"] = [
+        {"event": "session_started"},
+        _user_event(SLIM),
+        *[_slot_event(name, value) for name, value in recovered.items()],
+        {"event": "restart"},
+        {"event": "session_started"},
+        _user_event(SLIM),
+    ]
+    result = await run_action(executor, call)
+    assert result is not None
+    assert {e["name"]: e["value"] for e in result["events"]} == recovered
+
+
+async def test_without_the_whole_details_slot_each_slot_comes_back_on_its_own(
+    executor: ActionExecutor,
+) -> None:
+    """A bot declaring only some details slots (not the whole object) gets each back from
+    its latest slot event, where Rasa reset it to the slot's initial value."""
+    domain = {
+        "slots": {
+            "sparkcentral_vip": {"type": "bool", "initial_value": False},
+            "sparkcentral_medium": {"type": "text"},
+            "sparkcentral_primary_identifier": {"type": "text"},
+        }
+    }
+    call = _call(
+        "action_sparkcentral_channel_details",
+        metadata={METADATA_KEY: SLIM},
+        domain=domain,
+        slots={"sparkcentral_vip": False, "sparkcentral_primary_identifier": "Ann"},
+    )
+    call["tracker"]["events"] = [
+        _slot_event("sparkcentral_medium", "sms"),
+        _slot_event("sparkcentral_medium", "twit"),
+        _slot_event("sparkcentral_vip", True),
+        _slot_event("sparkcentral_primary_identifier", "@johan"),
+        {"event": "restart"},
+        _slot_event("sparkcentral_primary_identifier", "Ann"),  # set by the bot since
+        _user_event(SLIM),
+    ]
+    result = await run_action(executor, call)
+    assert result is not None
+    assert {e["name"]: e["value"] for e in result["events"]} == {
+        "sparkcentral_medium": "twit",
+        "sparkcentral_vip": True,
+    }
+
+
+def test_channel_details_reads_the_whole_details_slot_where_no_message_carries_them() -> None:
+    from rasa_sdk import Tracker
+
+    def tracker(events: Any, slots: Dict[str, Any]) -> Tracker:
+        return Tracker(
+            "conv-1", slots, {"metadata": {METADATA_KEY: SLIM}}, events, False, None, {}, ""
+        )
+
+    whole = actions.channel_details_slots(DETAILS)["sparkcentral_channel_details"]
+    older = _slot_event("sparkcentral_channel_details", {**whole, "medium": "sms"})
+    newer = _slot_event("sparkcentral_channel_details", whole)
+    assert actions.channel_details(tracker([older, newer], {})) == whole
+    # a message that carried them after the slot event is newer still
+    assert actions.channel_details(tracker([newer, _user_event(DETAILS)], {})) == DETAILS
+    held = {"sparkcentral_channel_details": whole}
+    assert actions.channel_details(tracker([_user_event(SLIM)], held)) == whole
+    assert actions.channel_details(tracker([_user_event(SLIM)], {})) is None

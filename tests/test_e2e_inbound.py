@@ -208,6 +208,7 @@ async def test_a_quick_reply_payload_reaches_rasa_as_that_intent(published: Rasa
     assert block["trigger"] == {"type": "STORY", "action": "REPLY"}
     # Inbox 2.0 repeats the language with the message; classic sent it on assignment
     assert block["language"] == "nl-BE"
+    # no turn after the assignment: the first message Rasa gets carries the details
     assert block["conversationId"] == cid and block["channelId"]
 
 
@@ -231,14 +232,22 @@ async def test_an_inbound_event_that_repeats_the_details_refreshes_them(
     assert (await emu.deliver(INBOUND_MESSAGE_RECEIVED, plain)).status == 200
     assert await emu.wait_for_bot_messages(cid, 2) == [HOURS, response_text("utter_thanks")]
     tracker = await get_tracker(published.url, cid)
-    block = tracker["latest_message"]["metadata"]["sparkcentral"]
-    assert (block["channelId"], block["channelName"], block["medium"]) == (
-        "0-ig",
-        "Instagram DMs",
-        "instagram",
-    )
-    assert block["contactProfile"]["primaryIdentifier"] == "ann.b"
-    assert block["messageId"] == "msg-2"
+    slots = tracker["slots"]
+    assert (
+        slots["sparkcentral_channel_id"],
+        slots["sparkcentral_channel_name"],
+        slots["sparkcentral_medium"],
+        slots["sparkcentral_primary_identifier"],
+    ) == ("0-ig", "Instagram DMs", "instagram", "ann.b")
+    # the refreshed details were new to Rasa on msg-1 only
+    users = [e for e in tracker["events"] if e["event"] == "user"]
+    blocks = [e["metadata"]["sparkcentral"] for e in users]
+    blocks = [b for b in blocks if b.get("messageId")]  # not the assignment's
+    assert [(b["messageId"], "contactProfile" in b) for b in blocks] == [
+        ("msg-1", True),
+        ("msg-2", False),
+    ]
+    assert blocks[0]["contactProfile"]["primaryIdentifier"] == "ann.b"
 
 
 # ----------------------------------------------------------------------------- sessions

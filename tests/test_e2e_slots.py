@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+import aiohttp
+
 from tests.helpers import get_tracker, response_text, say_and_wait
 from tests.support import Bot, BotStarter
 
@@ -120,3 +122,35 @@ async def test_reassignment_refreshes_the_details(bot: Bot) -> None:
     slots = (await get_tracker(bot.rasa.url, cid))["slots"]
     assert slots["sparkcentral_vip"] is False
     assert slots["sparkcentral_primary_identifier"] == "Ann"
+
+
+async def _restart_in_rasa(rasa_url: str, conversation_id: str) -> None:
+    """What ``action_restart`` does to a tracker: a ``restart`` event (Rasa's HTTP API)."""
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{rasa_url}/conversations/{conversation_id}/tracker/events",
+        json={"event": "restart"},
+    ) as response:
+        assert response.status == 200, await response.text()
+
+
+async def test_the_details_come_back_after_restarts_the_bot_runs(bot: Bot) -> None:
+    """Only the first message carries the details (the default); each restart the bot
+    runs empties the slots, and the next message's slot action brings them back: after
+    the first restart from the message that carried them, after the second from the slot
+    events that refilled them."""
+    emu = bot.emulator
+    started = await emu.start_conversation(name="Anna", vip=True, language="de-DE")
+    cid = started.conversation_id
+    vip_greeting = response_text("utter_greet_vip", sparkcentral_primary_identifier="Anna")
+    assert await emu.wait_for_bot_messages(cid, 1) == [vip_greeting]
+    for _ in range(2):
+        await _restart_in_rasa(bot.rasa.url, cid)
+        emptied = (await get_tracker(bot.rasa.url, cid))["slots"]
+        assert emptied["sparkcentral_vip"] is None
+        assert await say_and_wait(emu, cid, "hi") == [vip_greeting]
+        slots = (await get_tracker(bot.rasa.url, cid))["slots"]
+        assert slots["sparkcentral_primary_identifier"] == "Anna"
+        assert slots["sparkcentral_language"] == "de-DE"
+        assert slots["sparkcentral_channel_details"]["contactProfile"]["vip"] is True
+        latest = (await get_tracker(bot.rasa.url, cid))["latest_message"]
+        assert "contactProfile" not in latest["metadata"]["sparkcentral"]  # not carried

@@ -545,18 +545,19 @@ def _carries_details(message: UserMessage) -> bool:
     return "contactProfile" in block
 
 
-async def test_every_message_carries_the_details_by_default(serve: Serve) -> None:
-    served = await serve()
+async def test_opted_in_every_message_carries_the_details(serve: Serve) -> None:
+    served = await serve(details_in_every_message=True)
     cid = (await served.emulator.start_conversation()).conversation_id
-    await served.emulator.contact_says(cid, "one")
+    for text in ("one", "two"):
+        await served.emulator.contact_says(cid, text)
     await idle(served)
-    assert [_carries_details(m) for m in served.agent.messages] == [True, True]
+    assert [_carries_details(m) for m in served.agent.messages] == [True, True, True]
 
 
-async def test_opted_out_only_messages_whose_details_are_new_to_rasa_carry_them(
+async def test_by_default_only_messages_whose_details_are_new_to_rasa_carry_them(
     serve: Serve,
 ) -> None:
-    served = await serve(details_in_every_message=False)
+    served = await serve()
     emu = served.emulator
     cid = (await emu.start_conversation(name="Anna")).conversation_id
     for text in ("one", "two"):
