@@ -179,7 +179,7 @@ def check_domain(ctx: Context) -> None:
     missing = [f"intent {i}" for i in intents if i not in facts.intents]
     missing += [f"action {a}" for a in snip.ACTIONS if a not in facts.actions]
     missing += [f"response {r}" for r in snip.RESPONSES if r not in facts.responses]
-    missing += [f"slot {s}" for s in snip.slot_names() if s not in facts.slots]
+    left_out = [s for s in snip.slot_names() if s not in facts.slots]
     unmapped = [
         s
         for s, slot in facts.slots.items()
@@ -195,7 +195,17 @@ def check_domain(ctx: Context) -> None:
             f"mapping `type: custom` + `action: {snip.ACTION_DETAILS}`",
         )
     else:
-        ctx.add(name, True, "intents, actions, responses and slots of rasa-sparkcentral declared")
+        ctx.add(name, True, "intents, actions and responses of rasa-sparkcentral declared")
+        if left_out:
+            # a bot may leave out the slots it does not read: the action fills declared ones
+            ctx.add(
+                "slots",
+                None,
+                f"{_few(left_out)} not declared, so not filled (fine if no rule, response "
+                "or action reads them; each filled slot costs Rasa a little on every turn: "
+                "README: What the slots cost)",
+                note=True,
+            )
 
 
 def _mapped_to_details(slot: Any) -> bool:

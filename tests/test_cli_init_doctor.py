@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from rasa_sparkcentral.doctor import action_answers_advice
 from rasa_sparkcentral.project_snippets import ACTIONS_IMPORT, RESPONSES
@@ -343,3 +344,30 @@ async def test_doctor_missing_intent(deployed: Deployed, tmp_path: Path) -> None
     code, lines = await _doctor(deployed, project)
     assert code != 0
     assert _failures(lines) == ["FAIL domain: lacks intent resolve: run `rasa-sparkcentral init`"]
+
+
+async def test_doctor_slots_left_out_are_a_note(deployed: Deployed, tmp_path: Path) -> None:
+    """A bot may leave out the details slots it does not read: not a problem, a note."""
+    project = _copy(deployed, tmp_path)
+    left_out = ["sparkcentral_picture_url", "sparkcentral_secondary_identifier"]
+    edited = 0
+    for path in [project / "domain.yml", *sorted((project / "domain").glob("*.yml"))]:
+        if not path.is_file():
+            continue
+        domain = yaml.safe_load(path.read_text())
+        slots = domain.get("slots") or {}
+        if any(name in slots for name in left_out):
+            for name in left_out:
+                slots.pop(name, None)
+            path.write_text(yaml.safe_dump(domain, sort_keys=False, allow_unicode=True))
+            edited += 1
+    assert edited
+    code, lines = await _doctor(deployed, project)
+    assert _failures(lines) == [], "\n".join(lines)
+    assert code == 0
+    notes = [line for line in lines if line.startswith("note slots:")]
+    assert notes == [
+        "note slots: sparkcentral_secondary_identifier, sparkcentral_picture_url not declared, "
+        "so not filled (fine if no rule, response or action reads them; each filled slot "
+        "costs Rasa a little on every turn: README: What the slots cost)"
+    ]
