@@ -12,11 +12,12 @@ events that filled them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
-
-from rasa_sdk import Tracker
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from rasa_sparkcentral.protocol import METADATA_KEY
+
+if TYPE_CHECKING:  # init and doctor read the slot names without rasa_sdk
+    from rasa_sdk import Tracker
 
 #: Keys of the metadata block that describe one message rather than the conversation.
 MESSAGE_KEYS = ("messageId", "payload", "topics", "conversationTopics", "trigger")
@@ -173,9 +174,10 @@ def slot_updates(tracker: Tracker, domain: Dict[str, Any]) -> Dict[str, Any]:
         return {}
     declared = domain.get("slots") or {}
     details = channel_details(tracker)
-    values = channel_details_slots(details) if details is not None else {}
-    if details is None:
-        values.update(recovered_slots(tracker, declared))
+    if details is not None:
+        values = channel_details_slots(details)
+    else:
+        values = recovered_slots(tracker, declared)
     values.update(message_slots(block))
     return {
         slot: value

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from rasa_sparkcentral.detail_slots import DETAIL_SLOTS as DETAIL_SLOT_NAMES
+from rasa_sparkcentral.detail_slots import DETAILS_SLOT
 from rasa_sparkcentral.rasa_edition import RasaEdition
 
 ACTION_HANDOFF = "action_handoff_to_sparkcentral"
@@ -24,20 +26,16 @@ INTENT_RESOLVE = "resolve"
 VIP_SLOT = "sparkcentral_vip"
 TOPICS_SLOT = "sparkcentral_handoff_topics"
 
-#: The slots ``action_sparkcentral_channel_details`` fills: name → (type, influences).
-DETAIL_SLOTS: Dict[str, Tuple[str, bool]] = {
-    "sparkcentral_channel_details": ("any", False),
-    "sparkcentral_conversation_id": ("text", False),
-    "sparkcentral_channel_id": ("text", False),
-    "sparkcentral_channel_name": ("text", False),
-    "sparkcentral_medium": ("text", False),
-    "sparkcentral_contact_id": ("text", False),
-    "sparkcentral_medium_contact_profile_id": ("text", False),
-    "sparkcentral_primary_identifier": ("text", False),
-    "sparkcentral_secondary_identifier": ("text", False),
-    "sparkcentral_picture_url": ("text", False),
+#: The slots ``action_sparkcentral_channel_details`` fills from the details (their names
+#: and order are ``detail_slots``'): name → (type, influences); text, not influencing,
+#: unless listed here.
+_DETAIL_SLOT_KINDS: Dict[str, Tuple[str, bool]] = {
+    DETAILS_SLOT: ("any", False),
     VIP_SLOT: ("bool", True),
     "sparkcentral_contact_attributes": ("any", False),
+}
+DETAIL_SLOTS: Dict[str, Tuple[str, bool]] = {
+    name: _DETAIL_SLOT_KINDS.get(name, ("text", False)) for name in DETAIL_SLOT_NAMES
 }
 
 INTENT_EXAMPLES: Dict[str, Tuple[str, ...]] = {
