@@ -148,9 +148,10 @@ async def test_the_details_come_back_after_restarts_the_bot_runs(bot: Bot) -> No
         emptied = (await get_tracker(bot.rasa.url, cid))["slots"]
         assert emptied["sparkcentral_vip"] is None
         assert await say_and_wait(emu, cid, "hi") == [vip_greeting]
-        slots = (await get_tracker(bot.rasa.url, cid))["slots"]
+        tracker = await get_tracker(bot.rasa.url, cid)
+        slots = tracker["slots"]
         assert slots["sparkcentral_primary_identifier"] == "Anna"
         assert slots["sparkcentral_language"] == "de-DE"
         assert slots["sparkcentral_channel_details"]["contactProfile"]["vip"] is True
-        latest = (await get_tracker(bot.rasa.url, cid))["latest_message"]
-        assert "contactProfile" not in latest["metadata"]["sparkcentral"]  # not carried
+        latest = tracker["latest_message"]["metadata"]["sparkcentral"]
+        assert "contactProfile" not in latest  # not carried
