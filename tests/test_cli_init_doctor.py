@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,13 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from rasa_sparkcentral.detail_slots import DETAIL_SLOTS
 from rasa_sparkcentral.doctor import action_answers_advice
 from rasa_sparkcentral.project_snippets import ACTIONS_IMPORT, RESPONSES
 from rasa_sparkcentral.rasa_edition import installed_rasa, installed_version
 from rasa_sparkcentral.testing import processes as servers
 from rasa_sparkcentral.testing.emulator import SparkcentralEmulator
-from tests.helpers import say_and_wait
+from tests.helpers import get_tracker, say_and_wait
 
 pytestmark = pytest.mark.e2e
 
@@ -265,6 +267,46 @@ async def test_the_bot_plays_vip_question_handoff_handback_resolve(deployed: Dep
     ]
     await emu.wait_for_queue(cid, "resolved")
     assert emu.actions_for(cid)[-1] == {"complete": "RESOLVED"}
+
+
+async def test_every_details_slot_init_declares_is_filled(deployed: Deployed) -> None:
+    """init declares every details slot (the example bot only those it reads): through
+    real Rasa, each gets its field of the assignment's channel details."""
+    emu = deployed.emulator
+    details = json.loads(
+        (REPO_ROOT / "tests" / "fixtures" / "chatlayer_channel_details.json").read_text()
+    )
+    profile = details["contactProfile"]
+    started = await emu.start_conversation(
+        contact_profile=profile,
+        contact_attributes=details["contactAttributes"],
+        medium=details["medium"],
+        channel={"id": details["channelId"], "name": "Twitter DM"},
+    )
+    cid = started.conversation_id
+    vip_greeting = RESPONSES["utter_greet_vip"].replace(
+        "{sparkcentral_primary_identifier}", profile["primaryIdentifier"]
+    )
+    assert await say_and_wait(emu, cid, "hello") == [vip_greeting]
+    slots = (await get_tracker(deployed.rasa_url, cid))["slots"]
+    filled = {name: value for name, value in slots.items() if name in DETAIL_SLOTS}
+    whole = filled.pop("sparkcentral_channel_details")
+    assert (whole["channelId"], whole["contactProfile"]) == (details["channelId"], profile)
+    assert filled == {
+        "sparkcentral_conversation_id": cid,
+        "sparkcentral_channel_id": details["channelId"],
+        "sparkcentral_channel_name": "Twitter DM",
+        "sparkcentral_medium": "twit",
+        "sparkcentral_contact_id": profile["id"],
+        "sparkcentral_medium_contact_profile_id": profile["mediumContactProfileId"],
+        "sparkcentral_primary_identifier": "@johan_dm",
+        "sparkcentral_secondary_identifier": "Johan De Meyer",
+        "sparkcentral_picture_url": profile["pictureUrl"],
+        "sparkcentral_vip": True,
+        "sparkcentral_contact_attributes": {
+            a["attribute"]: a["value"] for a in details["contactAttributes"]
+        },
+    }
 
 
 # --------------------------------------------------------------------------- doctor

@@ -233,10 +233,11 @@ async def test_an_inbound_event_that_repeats_the_details_refreshes_them(
     assert await emu.wait_for_bot_messages(cid, 2) == [HOURS, response_text("utter_thanks")]
     tracker = await get_tracker(published.url, cid)
     slots = tracker["slots"]
+    whole = slots["sparkcentral_channel_details"]
     assert (
-        slots["sparkcentral_channel_id"],
-        slots["sparkcentral_channel_name"],
-        slots["sparkcentral_medium"],
+        whole["channelId"],
+        whole["channelName"],
+        whole["medium"],
         slots["sparkcentral_primary_identifier"],
     ) == ("0-ig", "Instagram DMs", "instagram", "ann.b")
     # the refreshed details were new to Rasa on msg-1 only
