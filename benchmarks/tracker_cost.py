@@ -59,6 +59,7 @@ QUESTIONS = [("what are your opening hours?", "ask_opening_hours", "utter_openin
 
 
 def session(domain: Domain, turns: int, channel: bool) -> List[Event]:
+    declared = {slot.name for slot in domain.slots}
     events: List[Event] = [ActionExecuted("action_session_start"), ActionExecuted("action_listen")]
     for turn in range(turns):
         text, intent, response = QUESTIONS[turn % len(QUESTIONS)]
@@ -70,7 +71,7 @@ def session(domain: Domain, turns: int, channel: bool) -> List[Event]:
         events.append(UserUttered(text, parse["intent"], [], parse, metadata=metadata))
         if channel and turn == 0:
             values = {**channel_details_slots(DETAILS), **message_slots(metadata["sparkcentral"])}
-            events += [SlotSet(k, v) for k, v in values.items() if k in domain.as_dict()["slots"]]
+            events += [SlotSet(k, v) for k, v in values.items() if k in declared]
         events += [
             ActionExecuted(response),
             BotUttered("Answer.", {"elements": None, "buttons": None}),
